@@ -1,0 +1,1 @@
+"""Preprocessing: windowing, intensity, masking, orientation, and the model-input pipeline."""
