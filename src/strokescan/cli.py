@@ -6,10 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from strokescan import __version__
+from strokescan.config import SEED
 from strokescan.errors import StrokescanError
+
+if TYPE_CHECKING:
+    from strokescan.prediction import ScanResult
 
 EXIT_BAD_INPUT = 2
 
@@ -24,6 +30,88 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     summary = scan.summary(include_identifiers=args.show_identifiers)
     summary["rotation_estimate_deg"] = estimate_scan_rotation(scan)
     print(json.dumps(summary, indent=None if args.compact else 2))
+    return 0
+
+
+def _iter_inputs(paths: Sequence[str]) -> Iterator[tuple[str, list[Path] | StrokescanError]]:
+    from strokescan.io import discover_inputs
+
+    for given in paths:
+        try:
+            yield given, discover_inputs(given)
+        except StrokescanError as exc:
+            yield given, exc
+
+
+def _print_table(result: ScanResult) -> None:
+    flag = lambda positive: "POSITIVE" if positive else "negative"  # noqa: E731
+    print(f"{result.path}  ({result.n_slices} slice{'s' if result.n_slices > 1 else ''})")
+    for s in result.slices:
+        where = "" if s.slice_index is None else f"slice {s.slice_index:>3}  "
+        note = "" if s.brain_visible else "  (little or no brain on this slice)"
+        print(f"  {where}p={s.probability:.3f}  {flag(s.positive)}{note}")
+    if result.is_volume:
+        print(f"  scan: p={result.probability:.3f}  {flag(result.positive)}  (threshold {result.scan_threshold:.3f})")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from strokescan.prediction import Predictor
+
+    predictor = Predictor(args.model)
+    failed = 0
+    for given, found in _iter_inputs(args.paths):
+        targets: list[tuple[str, Path | None, StrokescanError | None]]
+        if isinstance(found, StrokescanError):
+            targets = [(given, None, found)]
+        else:
+            targets = [(str(p), p, None) for p in found]
+        for shown, path, error in targets:
+            if error is None:
+                try:
+                    result = predictor.analyse_path(path, series=args.series)
+                except StrokescanError as exc:
+                    error = exc
+            if error is not None:
+                failed += 1
+                if args.json:
+                    print(json.dumps({"path": shown, "error": str(error), "error_type": type(error).__name__}))
+                else:
+                    print(f"strokescan: error: {error}", file=sys.stderr)
+                continue
+            if args.json:
+                for line in result.json_lines():
+                    print(json.dumps(line))
+            else:
+                _print_table(result)
+            sys.stdout.flush()
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from strokescan.config import SAMPLES_DIR
+
+    print("strokescan demo: analysing the bundled sample slices (see their ATTRIBUTION.md)\n")
+    args.paths, args.series = [str(SAMPLES_DIR)], None
+    return _cmd_predict(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from strokescan.training.classifier import TrainConfig
+    from strokescan.training.workflow import train_ctich_classifier
+
+    cfg = TrainConfig(max_epochs=args.max_epochs, seed=args.seed)
+    train_ctich_classifier(Path(args.run_dir), Path(args.out), cfg)
+    print(f"model written to {args.out}; out-of-fold predictions in {args.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from strokescan.evaluation.classifier_eval import evaluate_classifier
+    from strokescan.evaluation.report import markdown_summary
+
+    figures = evaluate_classifier(args.model, Path(args.run_dir), Path(args.report), external=not args.no_external)
+    print(markdown_summary(figures))
+    print(f"\nreport written to {args.report}")
     return 0
 
 
@@ -52,6 +140,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="also print patient/study/series identifiers (opt-in: they identify a patient)",
     )
     p.set_defaults(func=_cmd_inspect)
+
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+        p.add_argument("--series", help="series index or SeriesInstanceUID when a folder holds several")
+
+    p = sub.add_parser(
+        "predict",
+        help="probability of hemorrhage per slice and per scan",
+        description="Analyse each PATH (image, DICOM file/folder/zip, NIfTI, or a folder of them). With --json: one "
+        "object per slice (path, slice_index, probability, positive) and, for a multi-slice scan, one more with "
+        '"scan": true. Inputs that cannot be read get an error line; the others are still analysed; the exit '
+        "status is 2 if any input failed. Research and triage support, not a diagnosis.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="analyse the bundled sample slices (the README's first command)")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        help="train the slice classifier with 5-fold patient-grouped cross-validation",
+        description="Train on ctich-kaggle (from $STROKESCAN_DATA or ../shared/data): caches preprocessed features "
+        "under .cache/, runs the committed 5 patient-grouped folds (resumes finished folds from RUN_DIR), then "
+        "trains the final model on all labelled slices and writes it with its plan (calibration, thresholds).",
+    )
+    p.add_argument("--run-dir", default="runs/classifier", help="folder for per-fold results (resumable)")
+    p.add_argument("--out", default="runs/classifier/model", help="folder to write the final model to")
+    p.add_argument("--max-epochs", type=int, default=25)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="write the evaluation report (CV and external figures with 95% CIs, plots)",
+        description="Cross-validated figures from RUN_DIR's out-of-fold predictions and external figures on "
+        "phe-sich (never trained on) with the model's stored threshold; CIs from 1000 bootstrap resamples of patients.",
+    )
+    p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
+    p.add_argument("--run-dir", default="runs/classifier")
+    p.add_argument("--report", default="runs/classifier/report")
+    p.add_argument("--no-external", action="store_true", help="skip the external phe-sich evaluation")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -1,13 +1,160 @@
 """Rotation correction: estimate the in-plane angle of a head slice and bring it upright.
 
-PLACEHOLDER being replaced by the rotation work (see docs/rotation.md when it lands).
+Upright means anterior (face) at the top of the image and the midline vertical. Angles are degrees,
+counter-clockwise as the image is displayed (row 0 at the top): ``rotate_image(upright, a)`` is the upright
+slice turned ``a`` degrees counter-clockwise, and :func:`estimate_rotation` of it returns about ``a``.
+
+Method (see docs/rotation.md): on a copy downsampled to 128 px, the midline axis is the angle whose
+mirror image about a vertical line through the head's centroid best matches the slice (normalised
+correlation of the head-masked image with its left-right flip), plus a small bonus for the head's long axis
+lying vertical. Which end of that axis is anterior is then voted by: the scanner's head-holder/gantry arc
+outside the head (behind the head in supine scans: an acquisition cue, not anatomy), the head outline being
+wider at the back than at the front, and the skewness of the outline along the axis.
 """
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
 from strokescan.io.scan import Scan
+from strokescan.preprocessing.masking import head_masks
+
+_WORK_PX = 128  # side of the working copy
+_ELONGATION_WEIGHT = 0.5  # weight of the long-axis bonus against the symmetry correlation
+_ARC_WEIGHT = 3.0  # vote of the holder/gantry arc against the outline cues (each weight 1)
+_MIN_HEAD_FRACTION = 0.05  # slices whose head covers less of the image give no estimate in a volume
+
+
+def rotate_image(image: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
+    """``image`` turned ``angle_deg`` counter-clockwise about its centre, same shape (``order=0`` for masks)."""
+    if image.dtype == bool:
+        return ndi.rotate(image.astype(np.uint8), angle_deg, reshape=False, order=0, mode="constant") > 0
+    fill = float(image.min()) if image.size else 0.0
+    return ndi.rotate(image, angle_deg, reshape=False, order=order, mode="constant", cval=fill)
+
+
+def _to_display(small: np.ndarray, is_hu: bool) -> np.ndarray:
+    """8-bit-like display values: HU go through a brain window (40/120), 8-bit values stay as they are."""
+    if is_hu:
+        return np.clip((small + 20.0) / 120.0 * 255.0, 0, 255).astype(np.float32)
+    return small.astype(np.float32)
+
+
+def _warp(a: np.ndarray, cy: float, cx: float, theta: float, nearest: bool = False) -> np.ndarray:
+    """Turn ``a`` by ``theta`` degrees counter-clockwise about (cy, cx) and move that point to the centre."""
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(theta), 1.0)
+    m[0, 2] += _WORK_PX / 2 - cx
+    m[1, 2] += _WORK_PX / 2 - cy
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(a, m, (_WORK_PX, _WORK_PX), flags=flags)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
+
+
+def _axis_score(f: np.ndarray, head: np.ndarray, cy: float, cx: float, theta: float) -> float:
+    """Mirror symmetry about the vertical after turning by ``theta``, plus the long-axis-vertical bonus."""
+    r = _warp(f, cy, cx, theta)
+    h = _warp(head, cy, cx, theta, nearest=True)
+    ys, xs = np.nonzero(h)
+    elong = (ys.var() - xs.var()) / (ys.var() + xs.var() + 1e-9) if ys.size else 0.0
+    return _ncc(r, r[:, ::-1]) + _ELONGATION_WEIGHT * float(elong)
+
+
+def _anterior_up_vote(
+    disp: np.ndarray, head: np.ndarray, cy: float, cx: float, theta: float, is_hu: bool
+) -> tuple[float, float]:
+    """(anatomy vote, arc vote): positive when anterior is at the top after turning by ``theta``."""
+    h = _warp(head.astype(np.uint8), cy, cx, theta, nearest=True) > 0
+    rows = np.nonzero(h.any(axis=1))[0]
+    anatomy = 0.0
+    if rows.size >= 5:
+        top, bottom = rows[0], rows[-1]
+        length = bottom - top
+        widths = h.sum(axis=1).astype(float)
+        front, back = widths[int(top + 0.2 * length)], widths[int(top + 0.8 * length)]
+        anatomy += float(np.sign(back - front))  # the head is wider at the back than at the front
+        ys = np.nonzero(h)[0].astype(float)
+        skew = ((ys - ys.mean()) ** 3).mean() / (ys.std() ** 3 + 1e-9)
+        anatomy += float(np.sign(-skew))  # the bulk (occiput) at the bottom leaves a tail towards the top
+    # Things outside the head (holder, gantry arc, table) lie behind it in a supine scan.
+    thing = (disp > 10) & ~ndi.binary_dilation(head, iterations=3)
+    thing = ndi.binary_opening(thing, iterations=1) | (thing & (disp > 200))
+    arc = 0.0
+    if thing.sum() >= 20:
+        ty, tx = np.nonzero(thing)
+        t = np.radians(theta)
+        # Image-down direction after turning by theta, expressed in the original frame (x right, y down).
+        down_x, down_y = -np.sin(t), np.cos(t)
+        proj = (tx - cx) * down_x + (ty - cy) * down_y
+        arc = float(np.clip(proj.mean() / (np.abs(proj).mean() + 1e-9), -1, 1))
+    return anatomy, arc
+
+
+def _estimate(image: np.ndarray, is_hu: bool, use_arc: bool = True) -> tuple[float, float]:
+    """(angle in [0, 360), head fraction of the image)."""
+    zoom = _WORK_PX / max(image.shape)
+    small = ndi.zoom(np.asarray(image, dtype=np.float32), zoom, order=1)
+    pad_y, pad_x = _WORK_PX - small.shape[0], _WORK_PX - small.shape[1]
+    small = np.pad(small, ((0, pad_y), (0, pad_x)), constant_values=float(small.min()))
+    head = head_masks(small, is_hu).head
+    head_fraction = float(head.mean())
+    if head.sum() < 50:
+        return 0.0, head_fraction
+    disp = _to_display(small, is_hu)
+    cy, cx = ndi.center_of_mass(head)
+    f = disp * head
+    head_u8 = head.astype(np.uint8)
+    coarse = np.arange(0.0, 180.0, 3.0)
+    best = coarse[int(np.argmax([_axis_score(f, head_u8, cy, cx, t) for t in coarse]))]
+    fine = np.arange(best - 3.0, best + 3.01, 0.5)
+    theta = float(fine[int(np.argmax([_axis_score(f, head_u8, cy, cx, t) for t in fine]))])
+    anatomy, arc = _anterior_up_vote(disp, head, cy, cx, theta, is_hu)
+    vote = anatomy + (_ARC_WEIGHT * arc if use_arc else 0.0)
+    # Turning by theta makes the slice upright (vote > 0) or upside down: the slice's own angle is -theta.
+    angle = -theta if vote >= 0 else 180.0 - theta
+    return round(angle % 360.0, 1) % 360.0, head_fraction
+
+
+def estimate_rotation(image: np.ndarray, is_hu: bool) -> float:
+    """Degrees in [0, 360) by which the 2-D head slice is turned counter-clockwise from upright."""
+    return _estimate(image, is_hu)[0]
+
+
+def correct_rotation(image: np.ndarray, is_hu: bool) -> tuple[np.ndarray, float]:
+    """(the slice turned upright, the counter-clockwise angle applied to it in degrees)."""
+    applied = (-estimate_rotation(image, is_hu)) % 360.0
+    return rotate_image(image, applied), applied
+
+
+def circular_median_deg(angles: np.ndarray) -> float:
+    """The angle (degrees, [0, 360)) with the smallest summed circular distance to ``angles``."""
+    angles = np.asarray(angles, dtype=float) % 360.0
+    diffs = np.abs((angles[None, :] - angles[:, None] + 180.0) % 360.0 - 180.0)
+    return float(angles[int(np.argmin(diffs.sum(axis=1)))])
 
 
 def estimate_scan_rotation(scan: Scan) -> float | None:
-    """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright."""
-    return None
+    """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright.
+
+    Estimated on up to five slices in the middle-to-upper part of the volume (above the skull base, below
+    the vertex) that show enough head, combined by a circular median; None when no slice shows a head.
+    """
+    n = scan.pixels.shape[0]
+    if n == 1:
+        picks = [0]
+    else:
+        picks = sorted({int(round(q * (n - 1))) for q in (0.45, 0.55, 0.65, 0.75, 0.85)})
+    angles = []
+    for i in picks:
+        angle, head_fraction = _estimate(scan.pixels[i], scan.is_hu)
+        if head_fraction >= _MIN_HEAD_FRACTION:
+            angles.append(angle)
+    if not angles:
+        return None
+    return round(circular_median_deg(np.array(angles)), 1) % 360.0

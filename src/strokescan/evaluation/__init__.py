@@ -1,0 +1,1 @@
+"""Evaluation: metrics with patient-bootstrap confidence intervals, calibration, thresholds, plots."""

@@ -1,0 +1,1 @@
+"""Networks and their files: the slice classifier (EfficientNet-Lite0) and, later, the U-Net."""

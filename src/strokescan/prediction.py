@@ -1,0 +1,144 @@
+"""The one entry point every interface calls: :class:`Predictor` loads the models once and analyses a
+:class:`~strokescan.io.Scan`, returning one :class:`ScanResult`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from strokescan import __version__
+from strokescan.config import BUNDLED_MODELS_DIR
+from strokescan.evaluation.calibration import PlattCalibrator
+from strokescan.io import Scan, load_scan
+from strokescan.models.classifier import ClassifierPlan, load_classifier
+from strokescan.preprocessing.pipeline import prepare_slice
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSIFIER_DIR = BUNDLED_MODELS_DIR / "classifier"
+MIN_BRAIN_FRACTION = 0.02  # below this a slice shows (almost) no brain: scored, but flagged
+
+
+@dataclass
+class SliceResult:
+    """The classifier's answer for one slice."""
+
+    slice_index: int | None  # None for a single 2-D image
+    source: str  # file (or file#frame) the slice came from
+    probability: float  # calibrated probability of hemorrhage/stroke on this slice
+    positive: bool  # probability >= the model's stored slice threshold
+    rotation_deg: float  # in-plane rotation removed before analysis
+    brain_visible: bool  # False for slices with (almost) no brain: skull base, vertex, outside the head
+
+    def to_json(self, path: str) -> dict[str, Any]:
+        return {
+            "path": path,
+            "slice_index": self.slice_index,
+            "source": self.source,
+            "probability": round(self.probability, 4),
+            "positive": self.positive,
+            "rotation_deg": round(self.rotation_deg, 1),
+            "brain_visible": self.brain_visible,
+        }
+
+
+@dataclass
+class ScanResult:
+    """Everything strokescan says about one scan."""
+
+    path: str
+    n_slices: int
+    slices: list[SliceResult]
+    probability: float  # scan score: the highest slice probability
+    positive: bool  # probability >= the stored scan threshold
+    slice_threshold: float
+    scan_threshold: float
+    model: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_volume(self) -> bool:
+        return self.n_slices > 1
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """One object per slice, then (for a multi-slice scan) one scan-level object with ``"scan": true``."""
+        lines = [s.to_json(self.path) for s in self.slices]
+        if self.is_volume:
+            top = max(self.slices, key=lambda s: s.probability)
+            lines.append(
+                {
+                    "path": self.path,
+                    "scan": True,
+                    "slice_index": None,
+                    "n_slices": self.n_slices,
+                    "probability": round(self.probability, 4),
+                    "positive": self.positive,
+                    "most_suspicious_slice": top.slice_index,
+                    "positive_slices": [s.slice_index for s in self.slices if s.positive],
+                }
+            )
+        return lines
+
+
+class Predictor:
+    """Loads the bundled (or a given) classifier once; ``analyse`` turns a Scan into a ScanResult."""
+
+    def __init__(self, classifier_dir: Path | None = None, batch_size: int = 16) -> None:
+        self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
+        self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
+        self.batch_size = batch_size
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        return {"classifier_sha256": self.plan.weights_sha256[:16], "strokescan": __version__}
+
+    @property
+    def classifier_plan(self) -> ClassifierPlan:
+        return self.plan
+
+    def _rotation(self, scan: Scan) -> float | None:
+        """One angle per volume (estimated on its central slices); per slice for 2-D images."""
+        if not self.plan.slice_plan.correct_rotation:
+            return 0.0
+        if scan.is_volume:
+            from strokescan.preprocessing.orientation import estimate_scan_rotation
+
+            return estimate_scan_rotation(scan) or 0.0
+        return None
+
+    @torch.no_grad()
+    def analyse(self, scan: Scan) -> ScanResult:
+        angle = self._rotation(scan)
+        prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle) for i in range(scan.n_slices)]
+        x = torch.from_numpy(np.stack([p.channels for p in prepared]))
+        logits = torch.cat([self.model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+        probs = self.calibrator(logits.numpy())
+        slices = [
+            SliceResult(
+                slice_index=i if scan.is_volume else None,
+                source=scan.slice_sources[i] if i < len(scan.slice_sources) else str(scan.source_path),
+                probability=float(probs[i]),
+                positive=bool(probs[i] >= self.plan.slice_threshold),
+                rotation_deg=p.rotation_deg,
+                brain_visible=p.brain_fraction >= MIN_BRAIN_FRACTION,
+            )
+            for i, p in enumerate(prepared)
+        ]
+        score = float(probs.max())
+        return ScanResult(
+            path=str(scan.source_path),
+            n_slices=scan.n_slices,
+            slices=slices,
+            probability=score,
+            positive=bool(score >= self.plan.scan_threshold),
+            slice_threshold=self.plan.slice_threshold,
+            scan_threshold=self.plan.scan_threshold,
+            model=self.model_info,
+        )
+
+    def analyse_path(self, path: str | Path, series: str | None = None) -> ScanResult:
+        return self.analyse(load_scan(path, series=series))

@@ -1,0 +1,87 @@
+"""From one slice of a :class:`~strokescan.io.Scan` to the model input, the same way in training and use.
+
+Steps: display values in [0, 1] (HU through the window the training JPEGs were exported with), optional
+rotation correction, head crop, skull suppression, three channels (image, skull-suppressed image, blood
+range stretched), resize to a square. The parameters are a :class:`SlicePlan`, stored with every model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from strokescan.config import BONE_THRESHOLD_8BIT, CTICH_EXPORT_WINDOW, MODEL_INPUT_SIZE
+from strokescan.preprocessing.masking import head_masks, suppress_skull
+from strokescan.preprocessing.windowing import apply_window
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """Preprocessing parameters written beside a model and read back with it."""
+
+    size: int = MODEL_INPUT_SIZE
+    crop_margin: float = 0.04  # fraction of the head box added on each side
+    correct_rotation: bool = True  # at inference; training data is upright already
+    blood_low: float = 0.55  # display value range stretched in channel 3 (about 45..90 HU on a 40/120 window)
+    blood_high: float = 0.95
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PreparedSlice:
+    """Model input of one slice and how it maps back to the original pixel grid."""
+
+    channels: np.ndarray  # (3, size, size) float32 in [0, 1]
+    box: tuple[int, int, int, int]  # (row0, col0, row1, col1) of the crop in the (rotated) slice
+    rotation_deg: float  # angle removed by rotation correction (0 when not applied)
+    brain_fraction: float  # brain mask area / slice area, to tell slices without brain
+
+
+def display_unit(pixels: np.ndarray, is_hu: bool) -> np.ndarray:
+    """Slice values in [0, 1]: HU through the CT-ICH export window (40/120), 8-bit values / 255."""
+    if is_hu:
+        return apply_window(pixels, CTICH_EXPORT_WINDOW)
+    return np.clip(np.asarray(pixels, np.float32) / 255.0, 0.0, 1.0)
+
+
+def head_box(head: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """Square box around the head mask, with a margin, clipped to the image."""
+    rows, cols = np.nonzero(head)
+    h, w = head.shape
+    if rows.size == 0:
+        return 0, 0, h, w
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = int(max(r1 - r0, c1 - c0) * (1 + 2 * margin))
+    rc, cc = (r0 + r1) // 2, (c0 + c1) // 2
+    r0, c0 = max(0, rc - side // 2), max(0, cc - side // 2)
+    return r0, c0, min(h, r0 + side), min(w, c0 + side)
+
+
+def prepare_slice(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float | None = None) -> PreparedSlice:
+    """Model input for one 2-D slice. ``rotation_deg`` None estimates it when the plan says so."""
+    from strokescan.preprocessing import orientation
+
+    unit = display_unit(pixels, is_hu)
+    angle = 0.0
+    if rotation_deg is None and plan.correct_rotation:
+        rotation_deg = orientation.estimate_rotation(pixels, is_hu)
+    if rotation_deg:
+        angle = float(rotation_deg)
+        unit = orientation.rotate_image(unit, -angle)
+    masks = head_masks(unit * 255.0, is_hu=False)
+    brain_only = suppress_skull(unit, masks.brain)
+    not_bone = masks.brain & (unit < BONE_THRESHOLD_8BIT / 255.0)
+    blood = np.where(not_bone, np.clip((unit - plan.blood_low) / (plan.blood_high - plan.blood_low), 0, 1), 0.0)
+    r0, c0, r1, c1 = head_box(masks.head, plan.crop_margin)
+    stack = np.stack([unit, brain_only, blood], axis=-1)[r0:r1, c0:c1]
+    resized = cv2.resize(stack, (plan.size, plan.size), interpolation=cv2.INTER_AREA)
+    return PreparedSlice(
+        channels=np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32),
+        box=(int(r0), int(c0), int(r1), int(c1)),
+        rotation_deg=angle,
+        brain_fraction=float(masks.brain.mean()),
+    )

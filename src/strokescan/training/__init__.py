@@ -1,0 +1,1 @@
+"""Training: feature caching, cross-validation with early stopping, and final models."""
