@@ -40,7 +40,16 @@ class InputLimits:
     max_voxels: int = 1_000 * 1024 * 1024
 
 
-LIMITS = InputLimits()
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else default
+
+
+# Operators raise or lower the limits with STROKESCAN_MAX_FILE_MB and STROKESCAN_MAX_VOXELS.
+LIMITS = InputLimits(
+    max_file_bytes=_env_int("STROKESCAN_MAX_FILE_MB", 1024) << 20,
+    max_voxels=_env_int("STROKESCAN_MAX_VOXELS", InputLimits.max_voxels),
+)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from strokescan.io.scan import Scan, ScanIdentifiers
 
 __all__ = ["Scan", "ScanIdentifiers", "discover_inputs", "load_scan", "sniff_format"]
 
-_MAGIC = {b"\xff\xd8\xff": "image", b"\x89PNG": "image", b"PK\x03\x04": "zip"}
+_MAGIC = {b"\xff\xd8\xff": "image", b"\x89PNG": "image", b"PK\x03\x04": "zip", b"PK\x05\x06": "zip"}
 
 
 def sniff_format(path: Path, limits: InputLimits = LIMITS) -> str:
@@ -75,6 +75,13 @@ def discover_inputs(path: str | Path) -> list[Path]:
         raise PathNotFoundError(f"{path}: no such file or folder")
     if path.is_file():
         return [path]
+    found = _discover_folder(path)
+    if not found:
+        raise EmptyInputError(f"{path}: no readable scans (images, DICOM, NIfTI) in this folder")
+    return found
+
+
+def _discover_folder(path: Path) -> list[Path]:
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     dicom_here = [p for p in files if p.stat().st_size > 0 and _is_dicom_candidate(p) and read_header(p) is not None]
     found: list[Path] = [path] if dicom_here else []
@@ -84,7 +91,5 @@ def discover_inputs(path: str | Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES | {".zip"} or is_nifti_path(p):
             found.append(p)
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found.extend(discover_inputs(sub))
-    if not found:
-        raise EmptyInputError(f"{path}: no readable scans (images, DICOM, NIfTI) in this folder")
+        found.extend(_discover_folder(sub))  # an empty sub-folder is skipped, not an error
     return found

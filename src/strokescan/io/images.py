@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from strokescan.config import LIMITS, InputLimits
-from strokescan.errors import UnreadableFileError
+from strokescan.errors import InputTooLargeError, StrokescanError, UnreadableFileError
 from strokescan.io.limits import check_file, check_pixels
 from strokescan.io.scan import Scan
 
@@ -25,8 +25,8 @@ def read_image(path: Path, limits: InputLimits = LIMITS) -> Scan:
             mode = img.mode
             was_rgb = mode in {"RGB", "RGBA", "P", "CMYK", "YCbCr"}
             if mode in {"I;16", "I;16B", "I;16L", "I"}:
-                arr = np.asarray(img, dtype=np.float32)
-                arr = arr * (255.0 / max(float(arr.max()), 1.0))
+                wide = np.clip(np.asarray(img, dtype=np.float64), 0, None)
+                arr = np.clip(wide * (255.0 / max(float(wide.max()), 1.0)), 0, 255).astype(np.float32)
             elif mode == "L":
                 arr = np.asarray(img, dtype=np.float32)
             else:
@@ -36,8 +36,14 @@ def read_image(path: Path, limits: InputLimits = LIMITS) -> Scan:
                     arr = rgb[..., 0]
                 else:
                     arr = np.asarray(img.convert("L"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableFileError(f"{path}: cannot decode the image ({exc})") from None
+    except StrokescanError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputTooLargeError(f"{path}: the image is over the per-slice pixel limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise UnreadableFileError(f"{path}: cannot decode the image ({' '.join(str(exc).split())[:300]})") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can make a decoder raise anything
+        raise UnreadableFileError(f"{path}: cannot decode the image ({type(exc).__name__})") from None
     return Scan(
         pixels=arr[np.newaxis],
         is_hu=False,

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from strokescan.config import LIMITS, InputLimits
-from strokescan.errors import UnreadableFileError
+from strokescan.errors import StrokescanError, UnreadableFileError
 from strokescan.io.limits import check_file, check_pixels
 from strokescan.io.scan import Scan
 
@@ -34,8 +34,12 @@ def read_nifti(path: Path, limits: InputLimits = LIMITS) -> Scan:
         check_pixels(path, tuple(int(n) for n in img.shape[:3]), limits)
         img = nib.as_closest_canonical(img)  # RAS+: x to the right, y to anterior, z to superior
         data = np.asarray(img.dataobj, dtype=np.float32)
+    except StrokescanError:
+        raise
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
-        raise UnreadableFileError(f"{path}: cannot read the NIfTI file ({exc})") from None
+        raise UnreadableFileError(f"{path}: cannot read the NIfTI file ({' '.join(str(exc).split())[:300]})") from None
+    except Exception as exc:  # noqa: BLE001 - zlib.error, HeaderDataError, ...: all mean "cannot read"
+        raise UnreadableFileError(f"{path}: cannot read the NIfTI file ({type(exc).__name__})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:

@@ -7,9 +7,9 @@ slice turned ``a`` degrees counter-clockwise, and :func:`estimate_rotation` of i
 Method (see docs/rotation.md): on a copy downsampled to 128 px, the midline axis is the angle whose
 mirror image about a vertical line through the head's centroid best matches the slice (normalised
 correlation of the head-masked image with its left-right flip), plus a small bonus for the head's long axis
-lying vertical. Which end of that axis is anterior is then voted by: the scanner's head-holder/gantry arc
-outside the head (behind the head in supine scans: an acquisition cue, not anatomy), the head outline being
-wider at the back than at the front, and the skewness of the outline along the axis.
+lying vertical. Which end of that axis is anterior is then voted by two outline cues: the head is wider at
+the back than at the front, and the bulk of the outline lies towards the occiput (skewness along the axis).
+Scanner objects outside the head (holder/gantry arc) are deliberately not used.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from strokescan.preprocessing.masking import head_masks
 
 _WORK_PX = 128  # side of the working copy
 _ELONGATION_WEIGHT = 0.5  # weight of the long-axis bonus against the symmetry correlation
-_ARC_WEIGHT = 3.0  # vote of the holder/gantry arc against the outline cues (each weight 1)
 _MIN_HEAD_FRACTION = 0.05  # slices whose head covers less of the image give no estimate in a volume
 
 
@@ -66,37 +65,22 @@ def _axis_score(f: np.ndarray, head: np.ndarray, cy: float, cx: float, theta: fl
     return _ncc(r, r[:, ::-1]) + _ELONGATION_WEIGHT * float(elong)
 
 
-def _anterior_up_vote(
-    disp: np.ndarray, head: np.ndarray, cy: float, cx: float, theta: float, is_hu: bool
-) -> tuple[float, float]:
-    """(anatomy vote, arc vote): positive when anterior is at the top after turning by ``theta``."""
+def _anterior_up_vote(head: np.ndarray, cy: float, cx: float, theta: float) -> float:
+    """Positive when anterior is at the top after turning the slice by ``theta``, negative when at the bottom."""
     h = _warp(head.astype(np.uint8), cy, cx, theta, nearest=True) > 0
     rows = np.nonzero(h.any(axis=1))[0]
-    anatomy = 0.0
-    if rows.size >= 5:
-        top, bottom = rows[0], rows[-1]
-        length = bottom - top
-        widths = h.sum(axis=1).astype(float)
-        front, back = widths[int(top + 0.2 * length)], widths[int(top + 0.8 * length)]
-        anatomy += float(np.sign(back - front))  # the head is wider at the back than at the front
-        ys = np.nonzero(h)[0].astype(float)
-        skew = ((ys - ys.mean()) ** 3).mean() / (ys.std() ** 3 + 1e-9)
-        anatomy += float(np.sign(-skew))  # the bulk (occiput) at the bottom leaves a tail towards the top
-    # Things outside the head (holder, gantry arc, table) lie behind it in a supine scan.
-    thing = (disp > 10) & ~ndi.binary_dilation(head, iterations=3)
-    thing = ndi.binary_opening(thing, iterations=1) | (thing & (disp > 200))
-    arc = 0.0
-    if thing.sum() >= 20:
-        ty, tx = np.nonzero(thing)
-        t = np.radians(theta)
-        # Image-down direction after turning by theta, expressed in the original frame (x right, y down).
-        down_x, down_y = -np.sin(t), np.cos(t)
-        proj = (tx - cx) * down_x + (ty - cy) * down_y
-        arc = float(np.clip(proj.mean() / (np.abs(proj).mean() + 1e-9), -1, 1))
-    return anatomy, arc
+    if rows.size < 5:
+        return 0.0
+    top, bottom = rows[0], rows[-1]
+    length = bottom - top
+    widths = h.sum(axis=1).astype(float)
+    front, back = widths[int(top + 0.2 * length)], widths[int(top + 0.8 * length)]
+    ys = np.nonzero(h)[0].astype(float)
+    skew = ((ys - ys.mean()) ** 3).mean() / (ys.std() ** 3 + 1e-9)
+    return float(np.sign(back - front) + np.sign(-skew))
 
 
-def _estimate(image: np.ndarray, is_hu: bool, use_arc: bool = True) -> tuple[float, float]:
+def _estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
     """(angle in [0, 360), head fraction of the image)."""
     zoom = _WORK_PX / max(image.shape)
     small = ndi.zoom(np.asarray(image, dtype=np.float32), zoom, order=1)
@@ -114,8 +98,7 @@ def _estimate(image: np.ndarray, is_hu: bool, use_arc: bool = True) -> tuple[flo
     best = coarse[int(np.argmax([_axis_score(f, head_u8, cy, cx, t) for t in coarse]))]
     fine = np.arange(best - 3.0, best + 3.01, 0.5)
     theta = float(fine[int(np.argmax([_axis_score(f, head_u8, cy, cx, t) for t in fine]))])
-    anatomy, arc = _anterior_up_vote(disp, head, cy, cx, theta, is_hu)
-    vote = anatomy + (_ARC_WEIGHT * arc if use_arc else 0.0)
+    vote = _anterior_up_vote(head, cy, cx, theta)
     # Turning by theta makes the slice upright (vote > 0) or upside down: the slice's own angle is -theta.
     angle = -theta if vote >= 0 else 180.0 - theta
     return round(angle % 360.0, 1) % 360.0, head_fraction

@@ -1,0 +1,313 @@
+"""The multi-source lesion segmentation set: per slice an image, a class-id mask and what the source labels.
+
+Classes: 0 background, 1 hemorrhage (clot), 2 perihematomal edema, 3 ischemic infarct
+(:data:`strokescan.models.unet.CLASSES`).
+
+No source labels every class. Each sample therefore carries, besides its class-id ``target``:
+
+``unknown``
+    a per-pixel bitmask (uint8, bit ``c`` = class ``c``) of classes the source does not label at that pixel.
+    It is 0 where ``target`` > 0 (a marked pixel is that class). The partial-label loss
+    (:mod:`strokescan.training.segmentation`) lets a pixel with target 0 be background *or* any class in its
+    ``unknown`` bits, so a prediction of a class the source never labels is not punished.
+``labelled``
+    per class, whether the sample labels it everywhere (no pixel has its unknown bit). Dice terms and the
+    per-class evaluation use only samples where the class is labelled.
+
+What each source labels (decided here, documented in docs/segmentation.md):
+
+=================  ==========================================================================================
+source             labelled
+=================  ==========================================================================================
+bhsd-mini          hemorrhage (all five bleed types, colour-coded) ; edema and infarct unknown
+phe-sich           edema (mask 255) ; hemorrhage *derived*: absent outside the Pascal-VOC boxes (which enclose
+                   clot + edema) and outside the filled, dilated edema rim, unknown inside them ; infarct unknown
+aisd-mini          infarct (> 127) ; hemorrhage and edema unknown
+cpaisd-mini        infarct = core (red) + penumbra (green), as the issue asks ; hemorrhage and edema unknown
+realtime-mini      non-augmented rows only (the 12 ischemic originals): infarct = green ; red would be
+                   hemorrhage but only occurs in augmented copies, which are excluded ; others unknown
+ctich-kaggle       label-0 slices only (radiologist slice label: no hemorrhage), a seeded sample per patient:
+                   every class labelled absent (trauma cohort; edema is *perihematomal*, so none without a
+                   clot; an acute infarct visible on these slices is assumed absent, an assumption)
+=================  ==========================================================================================
+
+``head-ct-dicom`` has no masks and is not used here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage as ndi
+
+from strokescan.config import SEED
+from strokescan.errors import DataError
+
+BACKGROUND, HEMORRHAGE, EDEMA, INFARCT = 0, 1, 2, 3
+N_CLASSES = 4
+ALL_BITS = (1 << HEMORRHAGE) | (1 << EDEMA) | (1 << INFARCT)
+
+#: Classes each source labels everywhere (background is always labelled where a mask exists).
+SOURCE_LABELLED: dict[str, tuple[int, ...]] = {
+    "bhsd-mini": (HEMORRHAGE,),
+    "phe-sich": (EDEMA,),  # hemorrhage labelled only outside boxes: see decode_sample
+    "aisd-mini": (INFARCT,),
+    "cpaisd-mini": (INFARCT,),
+    "realtime-mini": (INFARCT,),
+    "ctich-kaggle": (HEMORRHAGE, EDEMA, INFARCT),
+}
+SEG_SOURCES: tuple[str, ...] = tuple(SOURCE_LABELLED)
+
+PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, dilated, may hold clot
+
+
+def _read(path: str | Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (OSError, ValueError):
+        raise DataError(f"{path}: unreadable mask") from None
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=-1)
+    return a[..., :3]
+
+
+def decode_bhsd(a: np.ndarray) -> np.ndarray:
+    """BHSD colour mask (EDH red, IPH blue, IVH yellow, SAH cyan, SDH green): any colour = hemorrhage."""
+    out = np.zeros(a.shape[:2], np.uint8)
+    out[_rgb(a).max(axis=-1) > 127] = HEMORRHAGE
+    return out
+
+
+def decode_aisd(a: np.ndarray) -> np.ndarray:
+    """AISD mask: white (> 127) = infarct."""
+    out = np.zeros(a.shape[:2], np.uint8)
+    out[_rgb(a).mean(axis=-1) > 127] = INFARCT
+    return out
+
+
+def decode_cpaisd(a: np.ndarray) -> np.ndarray:
+    """CPAISD mask: red core and green penumbra, both = infarct."""
+    rgb = _rgb(a).astype(np.int16)
+    red = (rgb[..., 0] > 127) & (rgb[..., 1] < 128)
+    green = (rgb[..., 1] > 127) & (rgb[..., 0] < 128)
+    out = np.zeros(a.shape[:2], np.uint8)
+    out[red | green] = INFARCT
+    return out
+
+
+def decode_realtime(a: np.ndarray) -> np.ndarray:
+    """Real-time stroke set mask: red hemorrhagic, green ischemic (thresholded: anti-aliased edges)."""
+    rgb = _rgb(a).astype(np.int16)
+    red = (rgb[..., 0] > 127) & (rgb[..., 1] < 128)
+    green = (rgb[..., 1] > 127) & (rgb[..., 0] < 128)
+    out = np.zeros(a.shape[:2], np.uint8)
+    out[red] = HEMORRHAGE
+    out[green] = INFARCT
+    return out
+
+
+def decode_phe(a: np.ndarray) -> np.ndarray:
+    """PHE-SICH mask: 255 (> 127) = perihematomal edema."""
+    g = a if a.ndim == 2 else _rgb(a).max(axis=-1)
+    out = np.zeros(g.shape, np.uint8)
+    out[g > 127] = EDEMA
+    return out
+
+
+DECODERS = {"bhsd": decode_bhsd, "aisd": decode_aisd, "cpaisd": decode_cpaisd, "realtime": decode_realtime,
+            "phe-sich": decode_phe}
+
+
+def mask_kind(mask_meaning: str | None) -> str | None:
+    """The decoder key of a manifest ``mask_meaning`` (its text up to the colon)."""
+    if not mask_meaning:
+        return None
+    return str(mask_meaning).split(":")[0].strip()
+
+
+def phe_clot_region(edema: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
+    """Where phe-sich clot may lie: inside any box (clot + edema), or inside the filled, dilated edema rim."""
+    region = np.zeros(edema.shape, bool)
+    h, w = edema.shape
+    for x0, y0, x1, y1 in boxes:
+        region[max(0, y0):min(h, y1 + 1), max(0, x0):min(w, x1 + 1)] = True
+    if edema.any():
+        rim = ndi.binary_dilation(edema, iterations=PHE_CLOT_DILATION_PX)
+        region |= ndi.binary_fill_holes(rim)
+    return region
+
+
+@dataclass
+class MaskSample:
+    """A slice's labels in its own pixel grid."""
+
+    target: np.ndarray  # (rows, cols) uint8 class ids
+    unknown: np.ndarray  # (rows, cols) uint8 bitmask of unlabelled classes (0 where target > 0)
+    labelled: np.ndarray  # (4,) bool: class labelled everywhere on this slice (index 0 always True)
+
+
+def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
+    """Labels of one segmentation-manifest row (see module doc). ``shape`` is needed for rows without a mask."""
+    source = row["source"]
+    if source not in SOURCE_LABELLED:
+        raise DataError(f"{source}: not a segmentation source")
+    kind = mask_kind(row.get("mask_meaning"))
+    mask_path = row.get("mask_path")
+    if mask_path is not None and isinstance(mask_path, str) and kind:
+        if kind not in DECODERS:
+            raise DataError(f"{mask_path}: no decoder for mask kind {kind!r}")
+        target = DECODERS[kind](_read(mask_path))
+    else:
+        if shape is None:
+            raise DataError(f"{row.get('image_path')}: row has no mask and no shape was given")
+        target = np.zeros(shape, np.uint8)
+    labelled_classes = set(SOURCE_LABELLED[source])
+    # A source's decoder may find a class it does not label (realtime red): keep only labelled classes.
+    for c in (HEMORRHAGE, EDEMA, INFARCT):
+        if c not in labelled_classes:
+            target[target == c] = BACKGROUND
+    unknown_bits = ALL_BITS & ~sum(1 << c for c in labelled_classes)
+    unknown = np.full(target.shape, unknown_bits, np.uint8)
+    if source == "phe-sich":
+        boxes = json.loads(row.get("boxes") or "[]")
+        region = phe_clot_region(target == EDEMA, boxes)
+        unknown[region] |= 1 << HEMORRHAGE
+        # hemorrhage is labelled (absent) outside the region; the slice labels it everywhere only if no region
+        if not region.any():
+            labelled_classes.add(HEMORRHAGE)
+    unknown[target > 0] = 0
+    labelled = np.array([True] + [c in labelled_classes for c in (HEMORRHAGE, EDEMA, INFARCT)])
+    return MaskSample(target=target, unknown=unknown, labelled=labelled)
+
+
+def _sample_ctich_negatives(m: pd.DataFrame, per_patient: int, seed: int) -> pd.DataFrame:
+    """Up to ``per_patient`` label-0 slices per patient, from the middle 20-85 % of its slice range."""
+    neg = m[(m["label"] == 0)].copy()
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, g in neg.groupby("patient", sort=True):
+        g = g.sort_values("slice_index")
+        n = len(g)
+        mid = g.iloc[int(0.2 * n): max(int(0.85 * n), int(0.2 * n) + 1)]
+        take = min(per_patient, len(mid))
+        if take:
+            keep.extend(mid.index[rng.choice(len(mid), size=take, replace=False)])
+    return m.loc[sorted(keep)]
+
+
+def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCES, ctich_negatives_per_patient: int = 4,
+                                seed: int = SEED) -> pd.DataFrame:
+    """The rows used for segmentation (manifest columns plus ``labelled_classes``), augmented rows dropped."""
+    from strokescan.datasets import local
+
+    loaders = {
+        "bhsd-mini": local.load_bhsd_mini, "phe-sich": local.load_phe_sich, "aisd-mini": local.load_aisd_mini,
+        "cpaisd-mini": local.load_cpaisd_mini, "realtime-mini": local.load_realtime_mini,
+        "ctich-kaggle": local.load_ctich_kaggle,
+    }
+    frames = []
+    for s in sources:
+        if s not in loaders:
+            raise DataError(f"{s}: not a segmentation source (choose from {', '.join(loaders)})")
+        m = loaders[s](root)
+        m = m[~m["augmented"]]
+        if s == "ctich-kaggle":
+            m = _sample_ctich_negatives(m, ctich_negatives_per_patient, seed)
+        frames.append(m)
+    out = pd.concat(frames, ignore_index=True)
+    out["labelled_classes"] = out["source"].map(lambda s: ",".join(str(c) for c in SOURCE_LABELLED[s]))
+    return out
+
+
+def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED) -> dict:
+    """Patient-grouped folds made per source and merged, so that every source is spread over the folds.
+
+    Sources with at least ``n_folds`` patients use :func:`strokescan.datasets.splits.make_patient_folds`
+    (stratified on ``label``); smaller ones (realtime-mini: 3 patients) are dealt round-robin after a seeded
+    shuffle. Returns the folds dict of :mod:`strokescan.datasets.splits`.
+    """
+    from strokescan.datasets.splits import make_patient_folds
+
+    folds: dict[str, list[str]] = {str(k): [] for k in range(n_folds)}
+    for i, (src, g) in enumerate(manifest.groupby("source", sort=True)):
+        pats = sorted(g["patient"].unique())
+        if len(pats) >= n_folds:
+            f = make_patient_folds(g, n_folds=n_folds, seed=seed, label_col="label")["folds"]
+            for k, ps in f.items():
+                folds[k].extend(ps)
+        else:
+            rng = np.random.default_rng(seed + i)
+            for j, p in enumerate(rng.permutation(pats)):
+                folds[str((j + i) % n_folds)].append(str(p))
+    return {"dataset": "segmentation:" + ",".join(sorted(manifest["source"].unique())), "n_folds": n_folds,
+            "seed": seed, "label_col": "label", "label_rule": "per-source patient-grouped folds, merged",
+            "folds": {k: sorted(v) for k, v in folds.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model-frame preparation (the same crop/rotation as the foundation's prepare_slice).
+
+
+def training_rotation(manifest: pd.DataFrame, load=None) -> dict[str, float]:
+    """Angle (degrees counter-clockwise from upright) per patient for rotated sources; other patients 0.
+
+    phe-sich is documented as turned about 90° (face left): per slice :func:`estimate_rotation` gives the
+    midline axis; its front/back choice is unreliable on these slices, so the angle is folded into [0, 180)
+    (face to the left, as documented) and the patient gets the circular median of its middle slices.
+    """
+    from strokescan.io import load_scan
+    from strokescan.preprocessing.orientation import circular_median_deg, estimate_rotation
+
+    load = load or load_scan
+    out: dict[str, float] = {}
+    for p, g in manifest[manifest["source"] == "phe-sich"].groupby("patient", sort=True):
+        g = g.sort_values("slice_index")
+        n = len(g)
+        picks = g.iloc[int(0.4 * n): max(int(0.8 * n), int(0.4 * n) + 1): 2]
+        angles = []
+        for path in picks["image_path"]:
+            scan = load(path)
+            angles.append(estimate_rotation(scan.pixels[0], scan.is_hu) % 180.0)
+        out[p] = round(circular_median_deg(np.array(angles) * 2.0) / 2.0, 1) if angles else 90.0
+    return out
+
+
+def to_model_frame(label_map: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float, size: int) -> np.ndarray:
+    """A label image (class ids or bitmask) in the input grid -> the model's square frame (nearest)."""
+    from strokescan.preprocessing.orientation import rotate_image
+
+    a = label_map
+    if rotation_deg:
+        a = rotate_image(a, -rotation_deg, order=0)
+    r0, c0, r1, c1 = box
+    a = np.ascontiguousarray(a[r0:r1, c0:c1])
+    return cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def from_model_frame(probs: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float,
+                     shape: tuple[int, int]) -> np.ndarray:
+    """Class probabilities ``(C, size, size)`` in the model frame -> class ids ``(rows, cols)`` in the input grid.
+
+    Probabilities are resized (linear) to the crop box, argmax'ed, pasted into the rotated slice's grid,
+    and turned back by ``rotation_deg`` (nearest), so the mask lies on the input's own pixels.
+    """
+    from strokescan.preprocessing.orientation import rotate_image
+
+    r0, c0, r1, c1 = box
+    h, w = r1 - r0, c1 - c0
+    up = np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+    ids = np.zeros(shape, np.uint8)
+    ids[r0:r1, c0:c1] = np.argmax(up, axis=0).astype(np.uint8)
+    if rotation_deg:
+        ids = rotate_image(ids, rotation_deg, order=0).astype(np.uint8)
+    return ids

@@ -1,0 +1,180 @@
+"""Lesion sizes from class-id masks: areas per slice, volumes per scan, the largest lesion and ABC/2.
+
+Units: with a pixel spacing, areas are mm²; with a slice spacing too, volumes are mL. Without them, areas are
+``px`` and volumes ``voxels`` (pixel counts summed over slices) and every result says so in its ``unit``
+field; nothing is ever converted with a guessed spacing.
+
+ABC/2 (Kothari et al. 1996) for the hemorrhage's largest lesion (3-D connected component): on the slice
+where it is largest, A = its longest diameter, B = its largest diameter perpendicular to A, C = number of
+slices it appears on x slice spacing; volume = A·B·C/2 (cm³ = mL). It approximates an ellipsoid's volume
+(π/6·ABC) with π ≈ 3, so it reads about 5 % low on a true ellipsoid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+
+from strokescan.datasets.segmentation import EDEMA, HEMORRHAGE, INFARCT
+
+CLASS_NAMES = {HEMORRHAGE: "hemorrhage", EDEMA: "edema", INFARCT: "infarct"}
+_STRUCT_3D = ndi.generate_binary_structure(3, 2)  # 18-connectivity across slices
+_STRUCT_2D = ndi.generate_binary_structure(2, 2)  # 8-connectivity in-plane
+
+
+def pixel_area_mm2(pixel_spacing_mm) -> float | None:
+    if not pixel_spacing_mm:
+        return None
+    return float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
+
+
+def slice_areas(mask: np.ndarray, pixel_spacing_mm=None) -> dict[str, dict]:
+    """Area of each lesion class on one slice: ``{name: {"area": value, "unit": "mm2" | "px", "pixels": n}}``."""
+    px_area = pixel_area_mm2(pixel_spacing_mm)
+    out = {}
+    for c, name in CLASS_NAMES.items():
+        n = int((mask == c).sum())
+        out[name] = {"pixels": n, "area": n * px_area if px_area else float(n), "unit": "mm2" if px_area else "px"}
+    return out
+
+
+def feret_diameters(points_rc: np.ndarray, spacing_rc=(1.0, 1.0)) -> tuple[float, float]:
+    """(A, B): longest diameter of a 2-D point set and its largest extent perpendicular to A (physical units).
+
+    Points are pixel centres (row, col); each is widened by one pixel (the pixel's extent) so that a one-pixel
+    lesion measures one pixel.
+    """
+    pts = np.asarray(points_rc, float) * np.asarray(spacing_rc, float)
+    if len(pts) == 0:
+        return 0.0, 0.0
+    try:
+        hull = pts[ConvexHull(pts).vertices] if len(pts) >= 3 else pts
+    except QhullError:  # collinear
+        hull = pts
+    d = hull[:, None, :] - hull[None, :, :]
+    dist = np.sqrt((d ** 2).sum(-1))
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    a = float(dist[i, j])
+    if a == 0:
+        return float(spacing_rc[1]), float(spacing_rc[0])
+    u = (hull[j] - hull[i]) / a
+    perp = np.array([-u[1], u[0]])
+    proj = hull @ perp
+    b = float(proj.max() - proj.min())
+    # widen by one pixel along each direction (pixel extent)
+    a += float(np.abs(u * spacing_rc).sum())
+    b += float(np.abs(perp * spacing_rc).sum())
+    return a, b
+
+
+@dataclass
+class LesionSummary:
+    """The largest 3-D connected lesion of one class."""
+
+    label: str
+    size: float  # mL, or voxels when spacing is unknown
+    unit: str  # "mL" | "voxels"
+    first_slice: int
+    last_slice: int
+    n_slices: int
+    largest_slice: int
+    largest_slice_area: float
+    area_unit: str  # "mm2" | "px"
+    abc2_ml: float | None = None  # hemorrhage only, when spacing is known
+    abc: dict | None = None  # {"A_mm", "B_mm", "C_mm"}
+
+
+@dataclass
+class ClassQuantity:
+    label: str
+    per_slice_area: list[float]
+    area_unit: str
+    total: float  # mL, or voxels
+    unit: str
+    n_lesions: int
+    largest: LesionSummary | None = None
+
+
+@dataclass
+class SeriesQuantification:
+    spacing_known: bool
+    pixel_spacing_mm: list[float] | None
+    slice_spacing_mm: float | None
+    classes: dict[str, ClassQuantity] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantify_series(masks, pixel_spacing_mm=None, slice_spacing_mm: float | None = None) -> SeriesQuantification:
+    """Areas, volumes and the largest lesion per class for a series of class-id masks (one per slice).
+
+    ``slice_spacing_mm`` is the distance between slice centres (``Scan.slice_spacing_mm`` or, failing that,
+    its slice thickness). Volumes need both spacings; otherwise sizes are in voxels and labelled so.
+    """
+    vol = np.stack([np.asarray(m) for m in masks]) if len(masks) else np.zeros((0, 1, 1), np.uint8)
+    px_area = pixel_area_mm2(pixel_spacing_mm)
+    voxel_ml = px_area * float(slice_spacing_mm) / 1000.0 if px_area and slice_spacing_mm else None
+    area_unit = "mm2" if px_area else "px"
+    out = SeriesQuantification(spacing_known=voxel_ml is not None,
+                               pixel_spacing_mm=list(pixel_spacing_mm) if pixel_spacing_mm else None,
+                               slice_spacing_mm=slice_spacing_mm)
+    spacing_rc = tuple(float(s) for s in pixel_spacing_mm) if pixel_spacing_mm else (1.0, 1.0)
+    for c, name in CLASS_NAMES.items():
+        m = vol == c
+        counts = m.reshape(len(m), -1).sum(axis=1) if len(m) else np.zeros(0)
+        per_slice = [float(n * px_area) if px_area else float(n) for n in counts]
+        total = float(counts.sum() * voxel_ml) if voxel_ml else float(counts.sum())
+        labels, n = ndi.label(m, structure=_STRUCT_3D) if m.any() else (None, 0)
+        q = ClassQuantity(label=name, per_slice_area=per_slice, area_unit=area_unit, total=total,
+                          unit="mL" if voxel_ml else "voxels", n_lesions=int(n))
+        if n:
+            sizes = ndi.sum(m, labels, index=np.arange(1, n + 1))
+            k = int(np.argmax(sizes)) + 1
+            comp = labels == k
+            per = comp.reshape(len(comp), -1).sum(axis=1)
+            present = np.nonzero(per)[0]
+            big = int(np.argmax(per))
+            summ = LesionSummary(
+                label=name,
+                size=float(per.sum() * voxel_ml) if voxel_ml else float(per.sum()),
+                unit="mL" if voxel_ml else "voxels",
+                first_slice=int(present[0]), last_slice=int(present[-1]), n_slices=int(len(present)),
+                largest_slice=big, largest_slice_area=float(per[big] * px_area) if px_area else float(per[big]),
+                area_unit=area_unit,
+            )
+            if c == HEMORRHAGE and voxel_ml:
+                a_mm, b_mm = feret_diameters(np.argwhere(comp[big]), spacing_rc)
+                c_mm = len(present) * float(slice_spacing_mm)
+                summ.abc = {"A_mm": round(a_mm, 2), "B_mm": round(b_mm, 2), "C_mm": round(c_mm, 2)}
+                summ.abc2_ml = a_mm * b_mm * c_mm / 2.0 / 1000.0
+            q.largest = summ
+        out.classes[name] = q
+    return out
+
+
+def abc2_ml(a_mm: float, b_mm: float, c_mm: float) -> float:
+    """The ABC/2 formula with diameters in mm, result in mL."""
+    return a_mm * b_mm * c_mm / 2.0 / 1000.0
+
+
+def describe(q: SeriesQuantification) -> list[str]:
+    """Human-readable lines, units stated."""
+    lines = []
+    for name, c in q.classes.items():
+        if not c.n_lesions:
+            continue
+        line = f"{name}: total {c.total:.2f} {c.unit} in {c.n_lesions} lesion(s)"
+        if c.largest:
+            lg = c.largest
+            line += (f"; largest {lg.size:.2f} {lg.unit} on slices {lg.first_slice}-{lg.last_slice}"
+                     f" (max {lg.largest_slice_area:.0f} {lg.area_unit} on slice {lg.largest_slice})")
+            if lg.abc2_ml is not None:
+                line += f"; ABC/2 {lg.abc2_ml:.2f} mL"
+        lines.append(line)
+    if not q.spacing_known:
+        lines.append("spacing unknown: sizes are pixel/voxel counts, not mm² or mL")
+    return lines

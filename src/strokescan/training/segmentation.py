@@ -1,0 +1,370 @@
+"""Training of the lesion U-Net on several partially labelled mask sets.
+
+Pieces:
+
+* :func:`build_cache` preprocesses every slice once (load, rotate upright, crop to the head, the foundation's
+  three channels, 256 x 256; masks with the same rotation/crop and nearest resizing) into one ``.npz`` under
+  ``cache_root()/segmentation/`` keyed by the rows, the slice plan and :data:`CACHE_VERSION`.
+* :func:`partial_label_loss`: marginal ("merged-class") cross-entropy, where a pixel with target 0 may be
+  background or any class its source does not label there (the ``unknown`` bitmask), plus a soft Dice over
+  the lesion classes, computed only on samples that label the class.
+* :func:`augment`: left-right flip, small rotation/scale/shift (labels nearest), brightness/contrast/gamma.
+* :func:`train_fold`: resumable loop (checkpoint every epoch in the run folder, log file, tqdm progress),
+  balanced sampling over source groups, early stopping on a patient-grouped validation fold.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from strokescan.config import SEED, cache_root
+from strokescan.datasets.segmentation import N_CLASSES, decode_sample, to_model_frame, training_rotation
+from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+LESION = (1, 2, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache
+
+
+@dataclass
+class SegArrays:
+    """Preprocessed samples (model frame) and their rows."""
+
+    images: np.ndarray  # (N, 3, S, S) uint8 (channel values x 255)
+    target: np.ndarray  # (N, S, S) uint8 class ids
+    unknown: np.ndarray  # (N, S, S) uint8 bitmask of unlabelled classes
+    labelled: np.ndarray  # (N, 4) bool
+    rows: pd.DataFrame  # manifest rows + box, rotation_deg, rows/cols of the input grid
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx) -> SegArrays:
+        idx = np.asarray(idx)
+        return SegArrays(self.images[idx], self.target[idx], self.unknown[idx], self.labelled[idx],
+                         self.rows.iloc[idx].reset_index(drop=True))
+
+
+def _cache_key(manifest: pd.DataFrame, plan: SlicePlan) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "plan": plan.to_dict()}, sort_keys=True).encode())
+    for r in manifest[["image_path", "mask_path", "boxes", "source"]].astype(str).itertuples(index=False):
+        h.update("|".join(r).encode())
+    return h.hexdigest()[:16]
+
+
+def prepare_sample(row, plan: SlicePlan, rotation_deg: float, load=None):
+    """(channels uint8, target, unknown, labelled, meta) of one manifest row in the model frame."""
+    from strokescan.io import load_scan
+
+    scan = (load or load_scan)(row["image_path"])
+    pixels = scan.pixels[0]
+    prep = prepare_slice(pixels, scan.is_hu, plan, rotation_deg=float(rotation_deg))
+    ms = decode_sample(row, shape=pixels.shape)
+    if ms.target.shape != pixels.shape:
+        raise ValueError(f"{row['mask_path']}: mask {ms.target.shape} does not match image {pixels.shape}")
+    target = to_model_frame(ms.target, prep.box, prep.rotation_deg, plan.size)
+    unknown = to_model_frame(ms.unknown, prep.box, prep.rotation_deg, plan.size)
+    unknown[target > 0] = 0
+    img = np.clip(np.round(prep.channels * 255.0), 0, 255).astype(np.uint8)
+    meta = {"box": json.dumps(list(prep.box)), "rotation_deg": prep.rotation_deg, "rows": pixels.shape[0],
+            "cols": pixels.shape[1], "is_hu": bool(scan.is_hu)}
+    return img, target, unknown, ms.labelled, meta
+
+
+def build_cache(manifest: pd.DataFrame, plan: SlicePlan, folder: Path | None = None, load=None) -> SegArrays:
+    """Preprocess ``manifest`` (or read the cache made earlier for the same rows and plan)."""
+    folder = Path(folder or cache_root() / "segmentation")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(manifest, plan)
+    path = folder / f"seg_{key}.npz"
+    rows_path = folder / f"seg_{key}.csv"
+    if path.is_file() and rows_path.is_file():
+        z = np.load(path)
+        rows = pd.read_csv(rows_path, dtype={"source_patient": str})
+        log.info("segmentation cache %s: %d samples", path.name, len(rows))
+        return SegArrays(z["images"], z["target"], z["unknown"], z["labelled"], rows)
+    rotations = training_rotation(manifest, load=load)
+    n, s = len(manifest), plan.size
+    images = np.zeros((n, 3, s, s), np.uint8)
+    target = np.zeros((n, s, s), np.uint8)
+    unknown = np.zeros((n, s, s), np.uint8)
+    labelled = np.zeros((n, N_CLASSES), bool)
+    metas = []
+    for i, (_, row) in enumerate(tqdm(manifest.iterrows(), total=n, desc="preprocess (segmentation)", mininterval=5)):
+        angle = rotations.get(row["patient"], 0.0)
+        images[i], target[i], unknown[i], labelled[i], meta = prepare_sample(row, plan, angle, load=load)
+        metas.append(meta)
+    rows = pd.concat([manifest.reset_index(drop=True), pd.DataFrame(metas)], axis=1)
+    tmp = folder / f"seg_{key}.tmp.npz"
+    np.savez(tmp, images=images, target=target, unknown=unknown, labelled=labelled)
+    tmp.replace(path)
+    rows.to_csv(rows_path, index=False)
+    return SegArrays(images, target, unknown, labelled, rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loss
+
+
+def allowed_classes(target: torch.Tensor, unknown: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
+    """(N, C, H, W) bool: the classes a pixel may be under its source's labels."""
+    classes = torch.arange(n_classes, device=target.device).view(1, -1, 1, 1)
+    t = target.long().unsqueeze(1)
+    u = unknown.long().unsqueeze(1)
+    return (t == classes) | (((u >> classes) & 1) == 1)
+
+
+def partial_label_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, labelled: torch.Tensor,
+                       dice_weight: float = 1.0, smooth: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Marginal cross-entropy + soft Dice over labelled lesion classes.
+
+    Cross-entropy: ``-log sum_{c allowed} p_c`` per pixel (unlabelled classes merged with background).
+    Dice: per lesion class, pooled over the batch's samples that label that class (so a class a sample's
+    source does not label adds nothing), ``1 - (2 I + s) / (P + G + s)``; averaged over classes that have
+    at least one such sample.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    allowed = allowed_classes(target, unknown, logits.shape[1])
+    ce = -torch.logsumexp(logp.masked_fill(~allowed, -1e4), dim=1).mean()
+    probs = logp.exp()
+    dice_terms = []
+    for c in LESION:
+        sel = labelled[:, c].bool()
+        if not bool(sel.any()):
+            continue
+        p = probs[sel, c]
+        g = (target[sel] == c).float()
+        inter = (p * g).sum()
+        dice_terms.append(1.0 - (2 * inter + smooth) / (p.sum() + g.sum() + smooth))
+    dice = torch.stack(dice_terms).mean() if dice_terms else logits.new_zeros(())
+    total = ce + dice_weight * dice
+    return total, {"ce": float(ce.detach()), "dice_loss": float(dice.detach())}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def augment(x: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, gen: torch.Generator,
+            max_rot_deg: float = 15.0, scale: tuple[float, float] = (0.9, 1.1), shift: float = 0.05
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random flip (left-right only: anterior stays up), rotation, scale, shift; intensity jitter on x."""
+    n = x.shape[0]
+
+    def rnd(lo, hi):
+        return torch.rand(n, generator=gen) * (hi - lo) + lo
+
+    ang = torch.deg2rad(rnd(-max_rot_deg, max_rot_deg))
+    sc = rnd(*scale)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    tx, ty = rnd(-shift, shift) * 2, rnd(-shift, shift) * 2
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    lab = torch.stack([target.float(), unknown.float()], 1)
+    lab = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    target, unknown = lab[:, 0].round().to(torch.uint8), lab[:, 1].round().to(torch.uint8)
+    # outside the image after the warp: background; keep the sample's "unknown" bits of its corner pixel
+    contrast = rnd(0.85, 1.15).view(n, 1, 1, 1)
+    bright = rnd(-0.05, 0.05).view(n, 1, 1, 1)
+    gamma = rnd(0.8, 1.25).view(n, 1, 1, 1)
+    x = (x.clamp(0, 1) ** gamma * contrast + bright).clamp(0, 1)
+    return x, target, unknown
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    """Hyper-parameters of one run (stored in the model plan)."""
+
+    max_epochs: int = 40
+    patience: int = 8
+    steps_per_epoch: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3
+    encoder_lr_factor: float = 0.3  # encoder (pretrained) learns slower than the decoder
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    #: share of each batch drawn from each sampling group (see sample_groups)
+    group_weights: dict = field(default_factory=lambda: {"hemorrhage": 0.3, "edema": 0.25, "infarct": 0.2,
+                                                         "negative": 0.25})
+    augment: bool = True
+    seed: int = SEED
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_groups(data: SegArrays) -> np.ndarray:
+    """Sampling group per sample: the lesion class its target holds (first of hemorrhage, edema, infarct),
+    else 'negative'."""
+    has = np.stack([(data.target == c).reshape(len(data), -1).any(axis=1) for c in LESION], 1)
+    names = np.array(["hemorrhage", "edema", "infarct"])
+    return np.where(has.any(axis=1), names[np.argmax(has, axis=1)], "negative")
+
+
+def sampling_weights(data: SegArrays, group_weights: dict) -> np.ndarray:
+    groups = sample_groups(data)
+    w = np.zeros(len(data))
+    present = {g: int((groups == g).sum()) for g in group_weights}
+    total = sum(v for g, v in group_weights.items() if present[g])
+    for g, share in group_weights.items():
+        if present[g]:
+            w[groups == g] = share / total / present[g]
+    return w / w.sum()
+
+
+def to_tensors(data: SegArrays, idx) -> tuple[torch.Tensor, ...]:
+    idx = np.asarray(idx)
+    x = torch.from_numpy(data.images[idx].astype(np.float32) / 255.0)
+    return (x, torch.from_numpy(data.target[idx]), torch.from_numpy(data.unknown[idx]),
+            torch.from_numpy(data.labelled[idx]))
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Softmax probabilities (N, C, S, S) float16 for uint8 model-frame images."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch].astype(np.float32) / 255.0)
+        out.append(torch.softmax(model(x), 1).half().numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES, *images.shape[-2:]), np.float16)
+
+
+def validation_score(data: SegArrays, probs: np.ndarray) -> dict:
+    """Pooled hard Dice per lesion class over samples labelling it (model frame); ``score`` = their mean."""
+    pred = probs.argmax(1)
+    out = {}
+    for c in LESION:
+        sel = data.labelled[:, c]
+        g = data.target[sel] == c
+        if not sel.any() or not g.any():
+            continue
+        p = pred[sel] == c
+        out[f"dice_{c}"] = float(2 * (p & g).sum() / max(p.sum() + g.sum(), 1))
+    out["score"] = float(np.mean(list(out.values()))) if out else 0.0
+    return out
+
+
+def _param_groups(model: torch.nn.Module, cfg: SegTrainConfig) -> list[dict]:
+    enc_ids = set()
+    if hasattr(model, "encoder_modules"):
+        enc_ids = {id(p) for m in model.encoder_modules() for p in m.parameters()}
+    enc = [p for p in model.parameters() if p.requires_grad and id(p) in enc_ids]
+    dec = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
+    groups = [{"params": dec, "lr": cfg.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_factor})
+    return groups
+
+
+def train_fold(model: torch.nn.Module, train: SegArrays, val: SegArrays, cfg: SegTrainConfig, run_dir: Path,
+               desc: str = "train") -> tuple[torch.nn.Module, dict]:
+    """Train with early stopping on ``val``; resumes from ``run_dir/checkpoint.pt``. Returns the best model."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    total_steps = cfg.max_epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                total_steps=total_steps, pct_start=0.1)
+    weights = sampling_weights(train, cfg.group_weights)
+    ckpt = run_dir / "checkpoint.pt"
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "best_state": None}
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        state = saved["state"]
+        log.info("%s: resumed after epoch %d (best %.3f at %d)", desc, state["epoch"], state["best_score"],
+                 state["best_epoch"])
+    gen = torch.Generator().manual_seed(cfg.seed + state["epoch"])
+    rng = np.random.default_rng(cfg.seed + state["epoch"])
+    for epoch in range(state["epoch"] + 1, cfg.max_epochs + 1):
+        if epoch - state["best_epoch"] > cfg.patience and state["best_epoch"] > 0:
+            log.info("%s: early stop at epoch %d (best %d)", desc, epoch - 1, state["best_epoch"])
+            break
+        model.train()
+        t0 = time.time()
+        losses = []
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"{desc} epoch {epoch}/{cfg.max_epochs}", leave=False,
+                   mininterval=5)
+        for _ in bar:
+            idx = rng.choice(len(train), size=cfg.batch_size, replace=True, p=weights)
+            x, t, u, lab = to_tensors(train, idx)
+            if cfg.augment:
+                x, t, u = augment(x, t, u, gen)
+            loss, parts = partial_label_loss(model(x), t, u, lab, dice_weight=cfg.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        val_scores = validation_score(val, predict_probs(model, val.images)) if len(val) else {"score": 0.0}
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1), **val_scores}
+        state["history"].append(rec)
+        if val_scores["score"] > state["best_score"]:
+            state.update(best_score=val_scores["score"], best_epoch=epoch,
+                         best_state=copy.deepcopy(model.state_dict()))
+        state["epoch"] = epoch
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "state": state}, run_dir / "checkpoint.tmp")
+        (run_dir / "checkpoint.tmp").replace(ckpt)
+        log.info("%s epoch %d: loss %.4f val %s (%.0f s)", desc, epoch, rec["loss"],
+                 {k: round(v, 3) for k, v in val_scores.items()}, rec["seconds"])
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    summary = {"best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
+               "epochs_run": state["epoch"], "history": state["history"]}
+    return model.eval(), summary
+
+
+def benchmark_step(model: torch.nn.Module, batch: int = 8, size: int = 256, steps: int = 3, threads: int = 1) -> float:
+    """Median seconds of one training step (forward, partial-label loss, backward, AdamW) on random data."""
+    torch.set_num_threads(threads)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+    model.train()
+    x = torch.rand(batch, 3, size, size)
+    t = torch.randint(0, N_CLASSES, (batch, size, size), dtype=torch.uint8)
+    u = torch.zeros_like(t)
+    lab = torch.ones(batch, N_CLASSES, dtype=torch.bool)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        loss, _ = partial_label_loss(model(x), t, u, lab)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def epochs_hint(n_steps: int, seconds_per_step: float) -> str:
+    return f"{n_steps} steps x {seconds_per_step:.2f} s = {math.ceil(n_steps * seconds_per_step / 60)} min"

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data folder (skipped when missing) and pydicom's bundled test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from strokescan.config import data_root as _data_root
+
+
+def pydicom_test_file(name: str) -> Path:
+    """A file bundled with pydicom (never downloaded: ``get_testdata_file`` would try the network)."""
+    import pydicom.data
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} is not bundled with this pydicom")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data folder {root} is missing (set STROKESCAN_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def head_ct(data_root: Path) -> Path:
+    path = data_root / "head-ct-dicom"
+    if not path.is_dir():
+        pytest.skip("head-ct-dicom is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mr_dir(head_ct: Path) -> Path:
+    return head_ct / "mr-transfer-syntaxes"
+
+
+@pytest.fixture(scope="session")
+def pydicom_file():
+    """``pydicom_file("CT_small.dcm")`` -> path of a bundled pydicom test file (skips when absent)."""
+    return pydicom_test_file

@@ -1,0 +1,84 @@
+"""Windowing, intensity, masking and the model-input pipeline on real slices."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strokescan.config import WINDOW_PRESETS, data_root
+from strokescan.errors import InputError
+from strokescan.io import load_scan
+from strokescan.preprocessing.intensity import clahe, normalize_zscore
+from strokescan.preprocessing.masking import head_masks, suppress_skull
+from strokescan.preprocessing.pipeline import SlicePlan, display_unit, prepare_slice
+from strokescan.preprocessing.windowing import apply_window, get_window, to_unit_range
+
+DATA = data_root()
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not available")
+CTICH_BLEED = DATA / "ctich-kaggle/Brain_Data_Organised/Stroke/71 (18).jpg"  # epidural hemorrhage slice
+CTICH_NORMAL = DATA / "ctich-kaggle/Brain_Data_Organised/Normal/100 (20).jpg"
+CQ500_BLEED = DATA / "head-ct-dicom/cq500-ct-1_single-slice/CT000000.dcm"  # large IPH, HU
+
+
+def test_window_presets_map_hu_to_unit_range():
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 1000.0])
+    brain = apply_window(hu, "brain")  # 40/80 -> 0..80 HU
+    assert brain.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    bone = apply_window(hu, WINDOW_PRESETS["bone"])
+    assert 0.0 < bone[2] < bone[4] <= 1.0
+    assert set(WINDOW_PRESETS) == {"brain", "subdural", "stroke", "bone"}
+
+
+def test_unknown_window_is_a_typed_error():
+    with pytest.raises(InputError, match="unknown window preset 'lung'"):
+        get_window("lung")
+
+
+def test_8bit_inputs_are_rescaled_not_windowed():
+    px = np.array([0.0, 127.5, 255.0])
+    assert to_unit_range(px, is_hu=False, window="bone").tolist() == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_zscore_uses_mask_statistics():
+    img = np.concatenate([np.full(50, 10.0), np.full(50, 1000.0)])
+    mask = np.arange(100) < 50
+    out = normalize_zscore(img + np.random.default_rng(0).normal(0, 1, 100), mask)
+    assert abs(out[mask].mean()) < 1e-5 and out[~mask].mean() > 100
+
+
+def test_clahe_spreads_a_low_contrast_image():
+    rng = np.random.default_rng(0)
+    img = 0.45 + 0.1 * rng.random((128, 128))
+    out = clahe(img)
+    assert out.min() >= 0 and out.max() <= 1 and out.std() > 2 * img.std()
+
+
+@needs_data
+@pytest.mark.parametrize("path", [CTICH_BLEED, CQ500_BLEED], ids=["jpeg", "dicom-hu"])
+def test_brain_mask_excludes_skull_and_lies_inside_head(path: Path):
+    scan = load_scan(path)
+    masks = head_masks(scan.pixels[0], scan.is_hu)
+    assert 0.05 < masks.brain.mean() < 0.6
+    assert not (masks.brain & masks.skull).any()
+    assert masks.brain[masks.brain].size <= masks.head.sum()
+    assert (masks.brain & ~masks.head).sum() == 0
+    # blanking outside the brain removes the bright skull ring
+    unit = display_unit(scan.pixels[0], scan.is_hu)
+    kept = suppress_skull(unit, masks.brain, margin_px=0)
+    assert kept[masks.skull].max() == 0 and unit[masks.skull].mean() > 0.9
+
+
+@needs_data
+def test_hu_and_8bit_inputs_give_comparable_model_inputs():
+    plan = SlicePlan()
+    blood_area = {}
+    for path in (CTICH_BLEED, CQ500_BLEED, CTICH_NORMAL):
+        scan = load_scan(path)
+        prep = prepare_slice(scan.pixels[0], scan.is_hu, plan, rotation_deg=0.0)
+        assert prep.channels.shape == (3, plan.size, plan.size)
+        assert prep.channels.dtype == np.float32
+        assert 0.0 <= prep.channels.min() and prep.channels.max() <= 1.0
+        assert prep.brain_fraction > 0.05
+        blood_area[path] = (prep.channels[2] > 0.25).mean()
+    # the blood channel lights up on the hemorrhage slices (HU and 8-bit alike) more than on a normal one
+    assert min(blood_area[CTICH_BLEED], blood_area[CQ500_BLEED]) > 1.5 * blood_area[CTICH_NORMAL]
