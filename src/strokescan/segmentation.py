@@ -50,6 +50,15 @@ def remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
     return out
 
 
+def postprocess(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, min_px: int) -> np.ndarray:
+    """Lesions only inside the head (``head_masks``), components under ``min_px`` dropped (training's
+    evaluation and :class:`Segmenter` both use this)."""
+    from strokescan.preprocessing.masking import head_masks
+
+    ids = np.where(head_masks(pixels, is_hu).head, ids, 0).astype(np.uint8)
+    return remove_small(ids, min_px)
+
+
 class Segmenter:
     """Loads a segmentation model once; :meth:`segment` returns class-id masks in the input's grid."""
 
@@ -91,8 +100,8 @@ class Segmenter:
         """
         prepared, probs = self.probabilities(scan, rotation_deg)
         shape = scan.pixels.shape[1:]
-        return [remove_small(from_model_frame(probs[i], p.box, p.rotation_deg, shape), self.plan.min_lesion_px)
-                for i, p in enumerate(prepared)]
+        return [postprocess(from_model_frame(probs[i], p.box, p.rotation_deg, shape), scan.pixels[i], scan.is_hu,
+                            self.plan.min_lesion_px) for i, p in enumerate(prepared)]
 
     def quantify(self, scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
         """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown)."""

@@ -130,7 +130,7 @@ DECODERS = {"bhsd": decode_bhsd, "aisd": decode_aisd, "cpaisd": decode_cpaisd, "
 
 def mask_kind(mask_meaning: str | None) -> str | None:
     """The decoder key of a manifest ``mask_meaning`` (its text up to the colon)."""
-    if not mask_meaning:
+    if not isinstance(mask_meaning, str) or not mask_meaning:
         return None
     return str(mask_meaning).split(":")[0].strip()
 
@@ -179,9 +179,11 @@ def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
     unknown_bits = ALL_BITS & ~sum(1 << c for c in labelled_classes)
     unknown = np.full(target.shape, unknown_bits, np.uint8)
     if source == "phe-sich":
-        boxes = json.loads(row.get("boxes") or "[]")
+        raw = row.get("boxes")
+        boxes = json.loads(raw) if isinstance(raw, str) and raw else []
         region = phe_clot_region(target == EDEMA, boxes)
-        unknown[region] |= 1 << HEMORRHAGE
+        unknown &= np.uint8(ALL_BITS & ~(1 << HEMORRHAGE))  # clot known absent outside the region ...
+        unknown[region] |= np.uint8(1 << HEMORRHAGE)  # ... and unknown inside it
         # hemorrhage is labelled (absent) outside the region; the slice labels it everywhere only if no region
         if not region.any():
             labelled_classes.add(HEMORRHAGE)

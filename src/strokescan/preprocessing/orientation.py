@@ -4,21 +4,23 @@ Upright means anterior (face) at the top of the image and the midline vertical. 
 counter-clockwise as the image is displayed (row 0 at the top): ``rotate_image(upright, a)`` is the upright
 slice turned ``a`` degrees counter-clockwise, and :func:`estimate_rotation` of it returns about ``a``.
 
-Method (see docs/rotation.md): on a copy downsampled to 128 px, the midline axis is the angle whose
-mirror image about a vertical line through the head's centroid best matches the slice (normalised
-correlation of the head-masked image with its left-right flip), plus a small bonus for the head's long axis
-lying vertical. Which end of that axis is anterior is then voted by two outline cues: the head is wider at
-the back than at the front, and the bulk of the outline lies towards the occiput (skewness along the axis).
-Scanner objects outside the head (holder/gantry arc) are deliberately not used.
+Method (see docs/rotation.md): a tiny CNN (:mod:`strokescan.models.orientation_net`, bundled fp16 weights,
+checksum-verified) reads (cos, sin) of the angle from the head-masked slice cropped around the head's centroid;
+it was trained self-supervised on upright slices turned by random angles. The earlier classical estimator
+(mirror-symmetry search for the midline + head-outline vote for front/back) is kept as
+:func:`classical_estimate_rotation`, the baseline the benchmark reports next to the network.
 """
 
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
 from strokescan.io.scan import Scan
+from strokescan.models import orientation_net as onet
 from strokescan.preprocessing.masking import head_masks
 
 _WORK_PX = 128  # side of the working copy
@@ -80,8 +82,8 @@ def _anterior_up_vote(head: np.ndarray, cy: float, cx: float, theta: float) -> f
     return float(np.sign(back - front) + np.sign(-skew))
 
 
-def _estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
-    """(angle in [0, 360), head fraction of the image)."""
+def _classical_estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
+    """Classical estimate (symmetry axis + outline vote): (angle in [0, 360), head fraction of the image)."""
     zoom = _WORK_PX / max(image.shape)
     small = ndi.zoom(np.asarray(image, dtype=np.float32), zoom, order=1)
     pad_y, pad_x = _WORK_PX - small.shape[0], _WORK_PX - small.shape[1]
@@ -104,6 +106,73 @@ def _estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
     return round(angle % 360.0, 1) % 360.0, head_fraction
 
 
+def classical_estimate_rotation(image: np.ndarray, is_hu: bool) -> float:
+    """The classical (symmetry + outline) estimate, degrees in [0, 360); the benchmark's baseline."""
+    return _classical_estimate(image, is_hu)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _model() -> onet.OrientationNet:
+    return onet.load_orientation_net()[0]
+
+
+_TTA = [(t, f) for f in (False, True) for t in (0.0, 90.0, 180.0, 270.0)]  # test-time turns and mirror flips
+
+
+def _net_estimates(images: list[np.ndarray], is_hu: bool, tta: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(angles in [0, 360), network confidences, head fractions) for 2-D slices.
+
+    With ``tta`` each slice is also read turned by 90/180/270 degrees and mirrored (a slice at angle a, mirrored and then
+    turned by t, reads t - a); the readings, turned back, are averaged as unit vectors (confidence = their
+    resultant length, 1 when all agree).
+    """
+    views = [onet.head_view(im, is_hu) for im in images]
+    plan = _TTA if tta else [(0.0, False)]
+    x = np.stack([onet.net_input(v, t, flip=f) for v in views for t, f in plan])
+    raw, _ = onet.predict_angles(_model(), x)
+    raw = raw.reshape(len(views), len(plan))
+    back = np.array([[(t - a) if f else (a - t) for a, (t, f) in zip(row, plan)] for row in raw])
+    rad = np.radians(back)
+    c, s = np.cos(rad).mean(axis=1), np.sin(rad).mean(axis=1)
+    return np.degrees(np.arctan2(s, c)) % 360.0, np.hypot(c, s), np.array([v.head_fraction for v in views])
+
+
+_REFINE_SPAN = 20.0  # symmetry refinement searches this far either side of the network's angle (0: off)
+
+
+def _refine(image: np.ndarray, is_hu: bool, angle: float, span: float = _REFINE_SPAN) -> float:
+    """The angle within ``span`` degrees of ``angle`` whose midline gives the best mirror symmetry."""
+    zoom = _WORK_PX / max(image.shape)
+    small = ndi.zoom(np.asarray(image, dtype=np.float32), zoom, order=1)
+    small = np.pad(small, ((0, _WORK_PX - small.shape[0]), (0, _WORK_PX - small.shape[1])),
+                   constant_values=float(small.min()))
+    head = head_masks(small, is_hu).head
+    if head.sum() < 50:
+        return angle
+    cy, cx = ndi.center_of_mass(head)
+    f = _to_display(small, is_hu) * head
+
+    def score(t: float) -> float:
+        r = _warp(f, cy, cx, t)
+        return _ncc(r, r[:, ::-1])
+
+    coarse = np.arange(-angle - span, -angle + span + 0.01, 1.0)
+    best = coarse[int(np.argmax([score(t) for t in coarse]))]
+    fine = np.arange(best - 0.5, best + 0.51, 0.5)
+    return float(-fine[int(np.argmax([score(t) for t in fine]))]) % 360.0
+
+
+def _estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
+    """(angle in [0, 360), head fraction of the image); angle 0 when no head is found."""
+    angles, _, frac = _net_estimates([image], is_hu)
+    if frac[0] <= 0.0 or not np.isfinite(angles[0]):
+        return 0.0, float(frac[0])
+    angle = float(angles[0])
+    if _REFINE_SPAN > 0:
+        angle = _refine(image, is_hu, angle)
+    return round(angle, 1) % 360.0, float(frac[0])
+
+
 def estimate_rotation(image: np.ndarray, is_hu: bool) -> float:
     """Degrees in [0, 360) by which the 2-D head slice is turned counter-clockwise from upright."""
     return _estimate(image, is_hu)[0]
@@ -122,22 +191,26 @@ def circular_median_deg(angles: np.ndarray) -> float:
     return float(angles[int(np.argmin(diffs.sum(axis=1)))])
 
 
+_MAX_SCAN_SLICES = 12  # slices read per volume (evenly spaced)
+
+
 def estimate_scan_rotation(scan: Scan) -> float | None:
     """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright.
 
-    Estimated on up to five slices in the middle-to-upper part of the volume (above the skull base, below
-    the vertex) that show enough head, combined by a circular median; None when no slice shows a head.
+    Per-slice estimates (network + symmetry refinement) on up to 12 evenly spaced slices whose head covers at
+    least 5% of the image, leaving out the quarter with the smallest head (skull base, vertex) when 8 or more
+    qualify; combined by a circular median. None when no slice shows a head.
     """
     n = scan.pixels.shape[0]
-    if n == 1:
-        picks = [0]
-    else:
-        picks = sorted({int(round(q * (n - 1))) for q in (0.45, 0.55, 0.65, 0.75, 0.85)})
-    angles = []
-    for i in picks:
-        angle, head_fraction = _estimate(scan.pixels[i], scan.is_hu)
-        if head_fraction >= _MIN_HEAD_FRACTION:
-            angles.append(angle)
-    if not angles:
+    picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
+    angles, _, frac = _net_estimates([scan.pixels[i] for i in picks], scan.is_hu)
+    ok = frac >= _MIN_HEAD_FRACTION
+    if not ok.any():
         return None
-    return round(circular_median_deg(np.array(angles)), 1) % 360.0
+    # Slice order is not known to be feet-first or head-first, so the level is judged by the head's size.
+    use = ok
+    if ok.sum() >= 8:
+        use = ok & (frac >= np.quantile(frac[ok], 0.25))
+    refined = [_refine(scan.pixels[i], scan.is_hu, float(a)) if _REFINE_SPAN > 0 else float(a)
+               for i, a in zip(picks[use], angles[use])]
+    return round(circular_median_deg(np.array(refined)), 1) % 360.0

@@ -66,7 +66,7 @@ def _cache_key(manifest: pd.DataFrame, plan: SlicePlan) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "plan": plan.to_dict()}, sort_keys=True).encode())
     for r in manifest[["image_path", "mask_path", "boxes", "source"]].astype(str).itertuples(index=False):
-        h.update("|".join(r).encode())
+        h.update("|".join(str(v) for v in r).encode())
     return h.hexdigest()[:16]
 
 
@@ -199,9 +199,9 @@ def augment(x: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, gen: t
 class SegTrainConfig:
     """Hyper-parameters of one run (stored in the model plan)."""
 
-    max_epochs: int = 40
-    patience: int = 8
-    steps_per_epoch: int = 60
+    max_epochs: int = 30
+    patience: int = 6
+    steps_per_epoch: int = 50
     batch_size: int = 8
     lr: float = 1e-3
     encoder_lr_factor: float = 0.3  # encoder (pretrained) learns slower than the decoder
@@ -212,7 +212,7 @@ class SegTrainConfig:
                                                          "negative": 0.25})
     augment: bool = True
     seed: int = SEED
-    threads: int = 2
+    threads: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -291,8 +291,15 @@ def train_fold(model: torch.nn.Module, train: SegArrays, val: SegArrays, cfg: Se
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     total_steps = cfg.max_epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                total_steps=total_steps, pct_start=0.1)
+    warm = max(1, int(0.05 * total_steps))
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 2 %; recomputed from cfg on resume
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     weights = sampling_weights(train, cfg.group_weights)
     ckpt = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "best_state": None}
@@ -368,3 +375,144 @@ def benchmark_step(model: torch.nn.Module, batch: int = 8, size: int = 256, step
 
 def epochs_hint(n_steps: int, seconds_per_step: float) -> str:
     return f"{n_steps} steps x {seconds_per_step:.2f} s = {math.ceil(n_steps * seconds_per_step / 60)} min"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A whole run: data, folds, training, held-out evaluation with the baseline, model and report.
+
+
+def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | None, load=None) -> pd.DataFrame:
+    """Per-slice metrics of the model (and the threshold baseline for hemorrhage) in the input grid."""
+    from strokescan.datasets.segmentation import decode_sample, from_model_frame
+    from strokescan.evaluation.segmentation import evaluate_slices, threshold_baseline
+    from strokescan.io import load_scan
+    from strokescan.models.unet import SegmenterPlan
+    from strokescan.segmentation import postprocess
+
+    min_px = SegmenterPlan().min_lesion_px
+    probs = predict_probs(model, data.images)
+    preds, truths, labelled, base = [], [], [], []
+    for i, (_, row) in enumerate(data.rows.iterrows()):
+        shape = (int(row["rows"]), int(row["cols"]))
+        ms = decode_sample(row, shape=shape)
+        box = tuple(json.loads(row["box"]))
+        scan = (load or load_scan)(row["image_path"])
+        ids = from_model_frame(probs[i].astype(np.float32), box, float(row["rotation_deg"]), shape)
+        preds.append(postprocess(ids, scan.pixels[0], scan.is_hu, min_px))
+        truths.append(ms.target)
+        labelled.append(ms.labelled)
+        if baseline_k is not None:
+            base.append(threshold_baseline(scan.pixels[0], scan.is_hu, k=baseline_k))
+    labelled = np.array(labelled)
+    tables = [evaluate_slices(data.rows, preds, truths, labelled, "unet")]
+    if baseline_k is not None:
+        lab_h = labelled.copy()
+        lab_h[:, 2:] = False  # the baseline only segments blood
+        tables.append(evaluate_slices(data.rows, base, truths, lab_h, "threshold"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), unet=None, test_folds=(0,),
+                 n_folds: int = 5, ctich_negatives_per_patient: int = 4, pretrained: bool = True,
+                 classifier_dir: Path | None = None, limit_per_source: int | None = None, root=None,
+                 n_boot: int = 1000, final: bool = False) -> dict:
+    """The full run behind ``scripts/train_segmentation.py`` (see docs/segmentation.md).
+
+    For each test fold k: validation (early stopping) fold k+1, training = the rest; the best model is
+    evaluated on fold k in the input grid next to the threshold baseline. Fold ``test_folds[0]``'s model is
+    written to ``out_dir/model`` (the deployable segmenter); reports go to ``out_dir/report``.
+    With ``final``, one more model trains on every fold but the early-stopping fold ``test_folds[0] + 1``
+    (the held-out fold joins training) and replaces ``out_dir/model``; its plan carries the held-out figures
+    of the fold models, marked as such.
+    """
+    from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
+    from strokescan.datasets.splits import fold_of, write_folds
+    from strokescan.evaluation.segmentation import fit_threshold_baseline, summarize, write_report
+    from strokescan.io import load_scan
+    from strokescan.models.unet import SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, save_segmenter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("strokescan").addHandler(handler)
+    logging.getLogger("strokescan").setLevel(logging.INFO)
+    torch.set_num_threads(cfg.threads)
+    unet = unet or UNetConfig()
+    plan = SlicePlan(size=SEG_INPUT_SIZE)
+
+    manifest = build_segmentation_manifest(root, ctich_negatives_per_patient=ctich_negatives_per_patient,
+                                           seed=cfg.seed)
+    if limit_per_source:
+        keep = set()
+        for _, g in manifest.groupby("source", sort=True):
+            keep.update(sorted(g["patient"].unique())[:limit_per_source])
+        manifest = manifest[manifest["patient"].isin(keep)].reset_index(drop=True)
+    folds_path = out_dir / "folds.json"
+    folds = json.loads(folds_path.read_text()) if folds_path.is_file() else make_source_folds(manifest, n_folds, cfg.seed)
+    write_folds(folds, folds_path)
+    data = build_cache(manifest, plan)
+    fold = data.rows["patient"].map(fold_of(folds)).to_numpy()
+    counts = data.rows.groupby("source").agg(slices=("image_path", "size"), patients=("patient", "nunique"))
+    log.info("segmentation set: %s", counts.to_dict(orient="index"))
+
+    tables, fold_summaries = [], {}
+    for k in test_folds:
+        v = (k + 1) % n_folds
+        tr = np.nonzero((fold != k) & (fold != v))[0]
+        train, val, test = data.subset(tr), data.subset(np.nonzero(fold == v)[0]), data.subset(np.nonzero(fold == k)[0])
+        model = build_unet(unet, pretrained=pretrained)
+        if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
+            from strokescan.models.classifier import load_classifier
+
+            model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
+        fold_dir = out_dir / f"fold{k}"
+        model, summ = train_fold(model, train, val, cfg, fold_dir, desc=f"fold {k}")
+        # baseline threshold from the training folds' hemorrhage slices
+        hem = [i for i in range(len(train)) if train.labelled[i, 1] and (train.target[i] == 1).any()]
+        imgs, truths = [], []
+        for i in hem:
+            row = train.rows.iloc[i]
+            scan = load_scan(row["image_path"])
+            if not scan.is_hu:
+                imgs.append(scan.pixels[0])
+                truths.append(decode_sample(row, shape=scan.pixels.shape[1:]).target)
+        bk, bk_scores = fit_threshold_baseline(imgs, truths) if imgs else (2.0, {})
+        table = evaluate_on(model, test, bk)
+        table["fold"] = k
+        table.to_csv(fold_dir / "per_slice.csv", index=False)
+        tables.append(table)
+        fold_summaries[str(k)] = {**{kk: vv for kk, vv in summ.items() if kk != "history"},
+                                  "baseline_k": bk, "baseline_fit_dice": bk_scores,
+                                  "n_train": len(train), "n_val": len(val), "n_test": len(test)}
+        fsum = summarize(table, n_boot=n_boot)
+        fsp = SegmenterPlan(unet=unet, slice_plan=plan, training={
+            "config": cfg.to_dict(), "pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
+            "test_fold": k, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
+            "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries[str(k)]},
+            metrics={"held_out": json.loads(fsum.to_json(orient="records"))})
+        save_segmenter(model, fsp, fold_dir / "model")
+        if k == test_folds[0]:
+            save_segmenter(model, fsp, out_dir / "model")
+    table = pd.concat(tables, ignore_index=True)
+    summary = summarize(table, n_boot=n_boot)
+    if final:
+        v = (test_folds[0] + 1) % n_folds
+        train, val = data.subset(np.nonzero(fold != v)[0]), data.subset(np.nonzero(fold == v)[0])
+        model = build_unet(unet, pretrained=pretrained)
+        if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
+            from strokescan.models.classifier import load_classifier
+
+            model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
+        model, summ = train_fold(model, train, val, cfg, out_dir / "final", desc="final")
+        fold_summaries["final"] = {kk: vv for kk, vv in summ.items() if kk != "history"} | {"n_train": len(train)}
+        save_segmenter(model, SegmenterPlan(unet=unet, slice_plan=plan, training={
+            "config": cfg.to_dict(), "pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
+            "final_model": True, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
+            "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries["final"]},
+            metrics={"note": f"held-out figures of the fold models (test folds {list(test_folds)}), not of this model",
+                     "held_out": json.loads(summary.to_json(orient="records"))}), out_dir / "model")
+    extra = {"test_folds": list(test_folds), "folds": fold_summaries, "sources": counts.to_dict(orient="index"),
+             "config": cfg.to_dict(), "unet": unet.to_dict()}
+    write_report(summary, table, out_dir / "report", extra)
+    return {"summary": summary, "table": table, "folds": fold_summaries, "model_dir": out_dir / "model"}

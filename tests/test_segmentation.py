@@ -1,0 +1,298 @@
+"""Lesion segmentation: network, partial-label loss, mask decoding, quantification, save/load, Segmenter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from strokescan.datasets.segmentation import (
+    EDEMA,
+    HEMORRHAGE,
+    INFARCT,
+    decode_sample,
+    from_model_frame,
+    to_model_frame,
+)
+from strokescan.errors import ModelError
+from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
+from strokescan.preprocessing.pipeline import SlicePlan
+from strokescan.quantification import abc2_ml, feret_diameters, quantify_series, slice_areas
+from strokescan.training.segmentation import allowed_classes, augment, partial_label_loss
+
+torch.set_num_threads(1)
+TINY = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path):
+    torch.manual_seed(0)
+    model = build_unet(TINY)
+    plan = SegmenterPlan(unet=TINY, slice_plan=SlicePlan(size=64), min_lesion_px=1)
+    return save_segmenter(model.eval(), plan, tmp_path / "seg")
+
+
+# --- network ------------------------------------------------------------------------------------------------
+
+
+def test_networks_map_three_channels_to_four_class_logits():
+    x = torch.rand(2, 3, 64, 64)
+    assert build_unet(TINY)(x).shape == (2, 4, 64, 64)
+    eff = build_unet(UNetConfig(freeze_encoder_blocks=3), pretrained=False).eval()
+    assert eff(x).shape == (2, 4, 64, 64)
+    frozen = [p.requires_grad for p in eff.stem.parameters()] + [p.requires_grad for p in eff.blocks[2].parameters()]
+    assert not any(frozen) and all(p.requires_grad for p in eff.blocks[3].parameters())
+
+
+# --- partial-label loss -------------------------------------------------------------------------------------
+
+
+def _logits_for(cls: int, shape=(1, 8, 8)) -> torch.Tensor:
+    logits = torch.full((shape[0], 4, *shape[1:]), -10.0)
+    logits[:, cls] = 10.0
+    return logits
+
+
+def test_loss_does_not_punish_a_class_the_source_does_not_label():
+    target = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    says_hemorrhage = _logits_for(HEMORRHAGE)
+    says_background = _logits_for(0)
+    # hemorrhage unlabelled (e.g. phe-sich inside a box, aisd): the bit is set, the class not labelled
+    unknown = torch.full_like(target, 1 << HEMORRHAGE)
+    lab_unknown = torch.tensor([[True, False, True, True]])
+    loss_unlab, _ = partial_label_loss(says_hemorrhage, target, unknown, lab_unknown)
+    loss_bg, _ = partial_label_loss(says_background, target, unknown, lab_unknown)
+    # hemorrhage labelled absent (e.g. ctich-kaggle negative): the same prediction is heavily punished
+    loss_lab, _ = partial_label_loss(says_hemorrhage, target, torch.zeros_like(target), torch.ones(1, 4, dtype=torch.bool))
+    assert loss_unlab.item() < 0.05
+    assert abs(loss_unlab.item() - loss_bg.item()) < 0.05
+    assert loss_lab.item() > 5.0
+    # a labelled lesion pixel is still punished when missed, whatever is unknown elsewhere
+    t2 = target.clone()
+    t2[0, 2:4, 2:4] = EDEMA
+    u2 = unknown.clone()
+    u2[t2 > 0] = 0
+    loss_missed, _ = partial_label_loss(says_hemorrhage, t2, u2, lab_unknown)
+    assert loss_missed.item() > loss_unlab.item() + 0.5
+
+
+def test_allowed_classes_and_augmentation_keep_labels_consistent():
+    t = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    t[:, 4:8, 4:8] = INFARCT
+    u = torch.full_like(t, (1 << HEMORRHAGE) | (1 << EDEMA))
+    u[t > 0] = 0
+    a = allowed_classes(t, u)
+    assert a[0, :, 5, 5].tolist() == [False, False, False, True]
+    assert a[0, :, 0, 0].tolist() == [True, True, True, False]
+    x, t2, u2 = augment(torch.rand(2, 3, 16, 16), t, u, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 16, 16) and set(t2.unique().tolist()) <= {0, INFARCT}
+    assert set(u2.unique().tolist()) <= {0, 6}
+
+
+# --- mask decoding on the real files ------------------------------------------------------------------------
+
+
+def _first(m: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    return m[~m["augmented"]].head(n)
+
+
+def test_mask_decoding_matches_the_counts_each_dataset_ships(data_root):
+    from strokescan.datasets import local
+
+    checks = [
+        (local.load_bhsd_mini, "bhsd-mini", ["EDH_px", "IPH_px", "IVH_px", "SAH_px", "SDH_px"], HEMORRHAGE),
+        (local.load_aisd_mini, "aisd-mini", ["infarct_px"], INFARCT),
+        (local.load_cpaisd_mini, "cpaisd-mini", ["core_px", "penumbra_px"], INFARCT),
+        (local.load_realtime_mini, "realtime-mini", ["ischemic_px"], INFARCT),
+    ]
+    for loader, name, cols, cls in checks:
+        m = _first(loader(data_root))
+        index = pd.read_csv(data_root / name / "index.csv")
+        for _, row in m.iterrows():
+            ms = decode_sample(row)
+            want = int(index.loc[index["file"] == row["image_path"].split("/")[-1], cols].sum(axis=1).iloc[0])
+            got = int((ms.target == cls).sum())
+            assert abs(got - want) <= 0.02 * want + 5, (name, got, want)
+            assert set(np.unique(ms.target)) <= {0, cls}
+            assert ms.labelled[cls] and not ms.labelled[[c for c in (1, 2, 3) if c != cls]].any()
+            assert not ms.unknown[ms.target > 0].any()
+
+
+def test_phe_sich_edema_labelled_and_clot_unknown_only_near_the_lesion(data_root):
+    from strokescan.datasets.local import load_phe_sich
+
+    m = load_phe_sich(data_root)
+    index = pd.read_csv(data_root / "phe-sich" / "index.csv", dtype={"patient": str})
+    row = m[(m["edema"] == 1) & (m["boxes"] != "[]")].iloc[0]
+    ms = decode_sample(row)
+    want = int(index.loc[index["slice_file"] == row["image_path"].split("/")[-1], "mask_pixels"].iloc[0])
+    assert int((ms.target == EDEMA).sum()) == want
+    x0, y0, x1, y1 = json.loads(row["boxes"])[0]
+    hem_unknown = (ms.unknown >> HEMORRHAGE) & 1
+    inside = hem_unknown[y0:y1, x0:x1]
+    assert inside[ms.target[y0:y1, x0:x1] == 0].all()  # clot may be there: not punished
+    assert hem_unknown[0:20, 0:20].sum() == 0  # far from the lesion: clot labelled absent
+    assert not ms.labelled[HEMORRHAGE] and ms.labelled[EDEMA] and not ms.labelled[INFARCT]
+    negative = decode_sample(m[m["label"] == 0].iloc[0])
+    assert negative.labelled[HEMORRHAGE] and not negative.target.any()
+
+
+def test_model_frame_round_trip_keeps_a_rotated_mask_on_its_pixels(data_root):
+    from strokescan.datasets.local import load_phe_sich
+
+    m = load_phe_sich(data_root)
+    row = m[m["edema"] == 1].iloc[0]
+    truth = decode_sample(row).target == EDEMA
+    box = (40, 30, 480, 470)
+    small = to_model_frame(truth.astype(np.uint8), box, 90.0, 256)
+    probs = np.stack([1 - small, small]).astype(np.float32)
+    back = from_model_frame(probs, box, 90.0, truth.shape) == 1
+    assert back.shape == truth.shape
+    assert _dice(back, truth) > 0.75
+
+
+# --- quantification -----------------------------------------------------------------------------------------
+
+
+def test_quantification_of_a_synthetic_ellipsoid_with_abc2():
+    a, b, c = 20.0, 12.0, 10.0  # semi-axes, mm (in-plane rows, cols; through-plane)
+    ps, ss = 0.5, 1.0
+    z = (np.arange(-15, 16) * ss)[:, None, None]
+    r = ((np.arange(128) - 63.5) * ps)[None, :, None]
+    q = ((np.arange(128) - 63.5) * ps)[None, None, :]
+    inside = (r / a) ** 2 + (q / b) ** 2 + (z / c) ** 2 <= 1
+    masks = [s.astype(np.uint8) * HEMORRHAGE for s in inside]
+    res = quantify_series(masks, (ps, ps), ss)
+    hem = res.classes["hemorrhage"]
+    true_ml = 4 / 3 * np.pi * a * b * c / 1000
+    assert hem.unit == "mL" and abs(hem.total - true_ml) / true_ml < 0.03
+    lg = hem.largest
+    # slices z = +-10 mm touch the ellipsoid only at a point that falls between pixel centres
+    assert lg.first_slice == 6 and lg.last_slice == 24 and lg.n_slices == 19 and lg.largest_slice == 15
+    assert abs(lg.abc2_ml - 4 * a * b * c / 1000) / (4 * a * b * c / 1000) < 0.08
+    assert abs(lg.abc2_ml / true_ml - 3 / np.pi) < 0.08  # ABC/2 reads ~5 % low on an ellipsoid
+    assert abs(abc2_ml(40, 24, 20) - 9.6) < 1e-9
+    # no spacing: counts, clearly labelled, no ABC/2
+    raw = quantify_series(masks, None, None).classes["hemorrhage"]
+    assert raw.unit == "voxels" and raw.total == float(inside.sum()) and raw.largest.abc2_ml is None
+    assert slice_areas(masks[15])["hemorrhage"]["unit"] == "px"
+    assert slice_areas(masks[15], (ps, ps))["hemorrhage"]["area"] == pytest.approx(inside[15].sum() * 0.25)
+
+
+def test_feret_diameters_of_a_rectangle():
+    pts = np.argwhere(np.ones((10, 40), bool))
+    a, b = feret_diameters(pts, (1.0, 1.0))
+    assert a == pytest.approx(np.hypot(9, 39) + 1.0, abs=0.6)
+    # B is the extent perpendicular to A (the diagonal here), plus one pixel's extent along that direction
+    assert b == pytest.approx(2 * 9 * 39 / np.hypot(9, 39) + 48 / np.hypot(9, 39), abs=0.05)
+
+
+# --- save / load --------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_and_checksum_refusal(tiny_model_dir):
+    model, plan = load_segmenter(tiny_model_dir)
+    assert plan.unet == TINY and plan.slice_plan.size == 64
+    assert json.loads((tiny_model_dir / "segmenter.json").read_text())["weights_sha256"] == plan.weights_sha256
+    weights = tiny_model_dir / "segmenter.pt"
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_segmenter(tiny_model_dir)
+    with pytest.raises(ModelError):
+        load_segmenter(tiny_model_dir / "nowhere")
+
+
+# --- Segmenter ----------------------------------------------------------------------------------------------
+
+
+def test_segmenter_returns_masks_on_the_input_grid_of_a_rotated_phe_sich_slice(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from strokescan.config import SAMPLES_DIR
+    from strokescan.io import load_scan
+    from strokescan.segmentation import Segmenter, write_masks, write_overlays
+
+    path = SAMPLES_DIR / "phe-sich_0004_18.png"  # bundled copy of phe-sich/images/0004/0004_18.png
+    if not path.is_file():
+        pytest.skip("bundled phe-sich sample missing")
+    scan = load_scan(path)
+    scan = replace(scan, pixels=np.ascontiguousarray(scan.pixels[:, :, 20:470]))  # non-square on purpose
+    seg = Segmenter(tiny_model_dir)
+    masks = seg.segment(scan)
+    assert len(masks) == 1 and masks[0].shape == scan.pixels.shape[1:] and masks[0].dtype == np.uint8
+    assert set(np.unique(masks[0])) <= {0, 1, 2, 3}
+    prepared, _ = seg.probabilities(scan)
+    assert prepared[0].rotation_deg != 0.0  # the phe-sich slice was turned upright before the model
+    q = seg.quantify(scan, masks)
+    assert not q.spacing_known
+    out = write_overlays(scan, masks, tmp_path / "ov", stem="s")
+    mp = write_masks(masks, tmp_path / "m", stem="s")
+    from PIL import Image
+
+    assert Image.open(out[0]).size == (450, 512) and Image.open(mp[0]).size == (450, 512)
+
+
+# --- metrics, baseline, training loop -----------------------------------------------------------------------
+
+
+def test_slice_metrics_nan_when_both_empty_and_lesion_counts():
+    from strokescan.evaluation.segmentation import slice_metrics
+
+    empty = np.zeros((32, 32), np.uint8)
+    m = slice_metrics(empty, empty, HEMORRHAGE)
+    assert np.isnan(m["dice"]) and np.isnan(m["iou"]) and np.isnan(m["hd95_px"])
+    truth = empty.copy()
+    truth[2:6, 2:6] = HEMORRHAGE
+    truth[20:24, 20:24] = HEMORRHAGE
+    pred = empty.copy()
+    pred[3:6, 2:6] = HEMORRHAGE  # finds the first lesion
+    pred[10:12, 28:30] = HEMORRHAGE  # a false one
+    m = slice_metrics(pred, truth, HEMORRHAGE)
+    assert (m["lesions"], m["found"], m["missed"], m["false"]) == (2, 1, 1, 1)
+    assert m["dice"] == pytest.approx(2 * 12 / (16 + 32)) and m["area_err_px"] == 16
+
+
+def test_threshold_baseline_finds_a_bright_blob_inside_the_brain():
+    from strokescan.evaluation.segmentation import threshold_baseline
+
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot(yy - 100, xx - 100)
+    img = np.where(r < 90, 255.0, 0.0)  # skull
+    img[r < 80] = 100.0  # brain
+    img += np.random.default_rng(0).normal(0, 4, img.shape) * (r < 80)
+    blob = np.hypot(yy - 90, xx - 110) < 12
+    img[blob] = 170.0  # blood
+    pred = threshold_baseline(img.astype(np.float32), False, k=2.0) == HEMORRHAGE
+    assert _dice(pred, blob) > 0.8
+
+
+def test_training_loop_learns_and_resumes(tmp_path):
+    from strokescan.training.segmentation import SegArrays, SegTrainConfig, train_fold
+
+    rng = np.random.default_rng(0)
+    n, s = 8, 32
+    images = (rng.random((n, 3, s, s)) * 60).astype(np.uint8)
+    target = np.zeros((n, s, s), np.uint8)
+    target[:4, 8:20, 8:20] = HEMORRHAGE
+    images[:4, :, 8:20, 8:20] = 230
+    unknown = np.zeros_like(target)
+    labelled = np.ones((n, 4), bool)
+    rows = pd.DataFrame({"patient": [f"p{i}" for i in range(n)]})
+    data = SegArrays(images, target, unknown, labelled, rows)
+    cfg = SegTrainConfig(max_epochs=2, patience=5, steps_per_epoch=3, batch_size=4, threads=1, augment=False)
+    torch.manual_seed(0)
+    model, summ = train_fold(build_unet(TINY), data, data, cfg, tmp_path / "run")
+    assert summ["epochs_run"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
+    longer = SegTrainConfig(**{**cfg.to_dict(), "max_epochs": 3})
+    _, summ2 = train_fold(build_unet(TINY), data, data, longer, tmp_path / "run")
+    assert summ2["epochs_run"] == 3 and [h["epoch"] for h in summ2["history"]] == [1, 2, 3]
+    assert summ2["history"][-1]["loss"] < summ2["history"][0]["loss"]
