@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from strokescan.errors import ModelError
-from strokescan.models.classifier import PLAN_FILE, WEIGHTS_FILE, ClassifierPlan, SliceClassifier, load_classifier, save_classifier
+from strokescan.models.classifier import WEIGHTS_FILE, ClassifierPlan, SliceClassifier, load_classifier, save_classifier
 from strokescan.preprocessing.pipeline import SlicePlan
-from strokescan.training.classifier import TrainConfig, cross_validate, predict_logits, train_top
+from strokescan.training.classifier import TrainConfig, cross_validate, train_top
 
 
 def _plan() -> ClassifierPlan:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,88 @@ def test_bundled_model_ranks_a_hemorrhage_slice_above_a_normal_one():
     normal = predictor.analyse(load_scan(NORMAL)).probability
     assert bleed > normal
     assert bleed >= predictor.plan.slice_threshold > normal
+
+
+# --- segmentation through `predict --masks-dir / --overlays-dir` ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bleeding_segmenter_dir(tmp_path_factory) -> Path:
+    """A tiny U-Net saved the real way whose last layer says "hemorrhage" everywhere: after post-processing
+    its masks are the head, so sizes, units and file names can be checked against the written PNGs."""
+    from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, save_segmenter
+
+    torch.manual_seed(0)
+    config = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
+    model = build_unet(config)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    plan = SegmenterPlan(unet=config, slice_plan=SlicePlan(size=64, correct_rotation=False), min_lesion_px=1)
+    return save_segmenter(model.eval(), plan, tmp_path_factory.mktemp("segmenter"))
+
+
+def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, bleeding_segmenter_dir, tmp_path, capsys):
+    from PIL import Image
+
+    masks_dir, overlays_dir = tmp_path / "masks", tmp_path / "overlays"
+    rc = main(["predict", str(BLEED), str(GE_ZIP), "--json", "--model", str(tiny_model_dir),
+               "--segmenter", str(bleeding_segmenter_dir), "--masks-dir", str(masks_dir),
+               "--overlays-dir", str(overlays_dir)])
+    assert rc == 0
+    lines = _json_lines(capsys)
+
+    image = next(x for x in lines if x["path"] == str(BLEED))
+    assert image["mask"] == str(masks_dir / "ctich_080_10.png")
+    mask = np.asarray(Image.open(image["mask"]))
+    assert mask.shape == load_scan(BLEED).pixels.shape[1:] and set(np.unique(mask)) == {0, 1}
+    bleed = image["lesions"]["hemorrhage"]
+    assert bleed["unit"] == "px" and bleed["pixels"] == int((mask == 1).sum()) > 1000
+    assert image["lesions"]["edema"]["pixels"] == 0
+
+    scan = load_scan(GE_ZIP)
+    slices = [x for x in lines if x["path"] == str(GE_ZIP) and not x.get("scan")]
+    assert [Path(x["mask"]).name for x in slices] == [f"ge-hispeed-head-series_{i}.png" for i in range(28)]
+    pixels = [int((np.asarray(Image.open(x["mask"])) == 1).sum()) for x in slices]
+    assert [x["lesions"]["hemorrhage"]["pixels"] for x in slices] == pixels
+    px_area = float(scan.pixel_spacing_mm[0]) * float(scan.pixel_spacing_mm[1])
+    assert slices[5]["lesions"]["hemorrhage"]["unit"] == "mm2"
+    assert slices[5]["lesions"]["hemorrhage"]["area"] == pytest.approx(pixels[5] * px_area, rel=1e-3)
+    volumes = next(x for x in lines if x["path"] == str(GE_ZIP) and x.get("scan"))["volumes"]
+    slice_mm = scan.slice_spacing_mm or scan.slice_thickness_mm
+    assert volumes["hemorrhage"]["unit"] == "mL"
+    assert volumes["hemorrhage"]["volume"] == pytest.approx(sum(pixels) * px_area * slice_mm / 1000, rel=1e-3)
+    assert volumes["infarct"]["volume"] == 0 and "abc2_ml" in volumes["hemorrhage"]["largest"]
+
+    assert sorted(p.name for p in overlays_dir.iterdir()) == sorted(
+        ["ctich_080_10.png"] + [f"ge-hispeed-head-series_{i}.png" for i in range(28)])
+    overlay = np.asarray(Image.open(overlays_dir / "ctich_080_10.png"))
+    assert overlay.shape == (*mask.shape, 3) and (overlay[..., 0] > overlay[..., 2]).any()  # red where it bleeds
+
+
+def test_two_inputs_with_one_name_do_not_overwrite_each_other(tmp_path):
+    from strokescan.cli import output_stem
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "head.nii.gz").write_bytes(b"x")
+    taken: set[str] = set()
+    assert output_stem(tmp_path / "a" / "head.nii.gz", taken) == "head"
+    assert output_stem(tmp_path / "b" / "head.nii.gz", taken) == "head-2"
+    assert output_stem(tmp_path / "a", taken) == "a"
+
+
+def test_segmentation_refusals_are_one_line_errors(tiny_model_dir, bleeding_segmenter_dir, tmp_path, capsys):
+    assert main(["predict", str(NORMAL), "--model", str(tiny_model_dir), "--segmenter", str(tmp_path),
+                 "--masks-dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no segmenter here" in err[0]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    rc = main(["predict", str(NORMAL), "--json", "--model", str(tiny_model_dir), "--segmenter",
+               str(bleeding_segmenter_dir), "--masks-dir", str(blocked)])
+    assert rc == 2
+    lines = _json_lines(capsys)
+    assert len(lines) == 1 and lines[0]["error_type"] == "OutputError" and "cannot write" in lines[0]["error"]

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from strokescan import __version__
 from strokescan.config import SEED
-from strokescan.errors import StrokescanError
+from strokescan.errors import OutputError, StrokescanError
 
 if TYPE_CHECKING:
+    from strokescan.io import Scan
     from strokescan.prediction import ScanResult
 
 EXIT_BAD_INPUT = 2
@@ -43,22 +44,63 @@ def _iter_inputs(paths: Sequence[str]) -> Iterator[tuple[str, list[Path] | Strok
             yield given, exc
 
 
+def output_stem(path: Path, taken: set[str]) -> str:
+    """File-name stem for an input's masks/overlays (``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name),
+    made unique within one run so that two inputs never overwrite each other's output."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = path.stem if path.is_file() else name
+    stem, k = name or "scan", 2
+    while stem in taken:
+        stem, k = f"{name}-{k}", k + 1
+    taken.add(stem)
+    return stem
+
+
+def _write_segmentation(result: ScanResult, scan: Scan, args: argparse.Namespace, taken: set[str]) -> None:
+    from strokescan.segmentation import write_masks, write_overlays
+
+    stem = output_stem(scan.source_path, taken)
+    try:
+        if args.masks_dir:
+            for s, p in zip(result.slices, write_masks(result.masks, args.masks_dir, stem)):
+                s.mask_path = str(p)
+        if args.overlays_dir:
+            write_overlays(scan, result.masks, args.overlays_dir, stem)
+    except OSError as exc:
+        raise OutputError(f"cannot write masks/overlays for {scan.source_path}: {exc.strerror or exc}") from None
+
+
 def _print_table(result: ScanResult) -> None:
     flag = lambda positive: "POSITIVE" if positive else "negative"  # noqa: E731
     print(f"{result.path}  ({result.n_slices} slice{'s' if result.n_slices > 1 else ''})")
     for s in result.slices:
         where = "" if s.slice_index is None else f"slice {s.slice_index:>3}  "
         note = "" if s.brain_visible else "  (little or no brain on this slice)"
-        print(f"  {where}p={s.probability:.3f}  {flag(s.positive)}{note}")
+        sizes = ""
+        if s.lesions:
+            sizes = "".join(f"  {k} {v['area']:.0f} {v['unit']}" for k, v in s.lesions.items() if v["pixels"])
+        print(f"  {where}p={s.probability:.3f}  {flag(s.positive)}{sizes}{note}")
     if result.is_volume:
         print(f"  scan: p={result.probability:.3f}  {flag(result.positive)}  (threshold {result.scan_threshold:.3f})")
+    if result.quantification is not None and result.is_volume:
+        from strokescan.quantification import describe
+
+        for line in describe(result.quantification):
+            print(f"  {line}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from strokescan.io import load_scan
     from strokescan.prediction import Predictor
 
-    predictor = Predictor(args.model)
-    failed = 0
+    segment = bool(args.masks_dir or args.overlays_dir)
+    predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment)
+    failed, taken = 0, set()
     for given, found in _iter_inputs(args.paths):
         targets: list[tuple[str, Path | None, StrokescanError | None]]
         if isinstance(found, StrokescanError):
@@ -68,7 +110,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for shown, path, error in targets:
             if error is None:
                 try:
-                    result = predictor.analyse_path(path, series=args.series)
+                    scan = load_scan(path, series=args.series)
+                    result = predictor.analyse(scan)
+                    if segment:
+                        _write_segmentation(result, scan, args, taken)
                 except StrokescanError as exc:
                     error = exc
             if error is not None:
@@ -145,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
         p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
         p.add_argument("--series", help="series index or SeriesInstanceUID when a folder holds several")
+        p.add_argument("--masks-dir", type=Path, help="also segment lesions; write one PNG of class ids per slice "
+                       "(0 background, 1 hemorrhage, 2 edema, 3 infarct) in the input's size, named <stem>.png or "
+                       "<stem>_<slice_index>.png, and add mask paths, areas and volumes to the output")
+        p.add_argument("--overlays-dir", type=Path, help="also segment lesions; write colour overlays for people "
+                       "(red hemorrhage, yellow edema, blue infarct)")
+        p.add_argument("--segmenter", type=Path, help="segmentation model folder (default: the bundled one)")
 
     p = sub.add_parser(
         "predict",

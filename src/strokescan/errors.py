@@ -55,3 +55,7 @@ class DataError(StrokescanError):
 
 class ModelError(StrokescanError):
     """A model file is missing, corrupt (checksum mismatch) or does not match its plan."""
+
+
+class OutputError(StrokescanError):
+    """An output (mask, overlay, report) could not be written where asked."""

@@ -17,6 +17,7 @@ from strokescan.evaluation.calibration import PlattCalibrator
 from strokescan.io import Scan, load_scan
 from strokescan.models.classifier import ClassifierPlan, load_classifier
 from strokescan.preprocessing.pipeline import prepare_slice
+from strokescan.quantification import SeriesQuantification, slice_areas
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ class SliceResult:
     positive: bool  # probability >= the model's stored slice threshold
     rotation_deg: float  # in-plane rotation removed before analysis
     brain_visible: bool  # False for slices with (almost) no brain: skull base, vertex, outside the head
+    lesions: dict[str, dict] | None = None  # per class {"pixels", "area", "unit"} when segmentation ran
+    mask_path: str | None = None  # where the class-id mask was written, if it was
 
     def to_json(self, path: str) -> dict[str, Any]:
-        return {
+        line: dict[str, Any] = {
             "path": path,
             "slice_index": self.slice_index,
             "source": self.source,
@@ -45,6 +48,10 @@ class SliceResult:
             "rotation_deg": round(self.rotation_deg, 1),
             "brain_visible": self.brain_visible,
         }
+        if self.lesions is not None:
+            line["mask"] = self.mask_path
+            line["lesions"] = {k: {**v, "area": round(v["area"], 2)} for k, v in self.lesions.items()}
+        return line
 
 
 @dataclass
@@ -59,6 +66,8 @@ class ScanResult:
     slice_threshold: float
     scan_threshold: float
     model: dict[str, str] = field(default_factory=dict)
+    masks: list[np.ndarray] | None = None  # class-id masks in the input's grid, when segmentation ran
+    quantification: SeriesQuantification | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -81,20 +90,55 @@ class ScanResult:
                     "positive_slices": [s.slice_index for s in self.slices if s.positive],
                 }
             )
+            if self.quantification is not None:
+                lines[-1]["volumes"] = volumes_json(self.quantification)
         return lines
 
 
-class Predictor:
-    """Loads the bundled (or a given) classifier once; ``analyse`` turns a Scan into a ScanResult."""
+def volumes_json(q: SeriesQuantification) -> dict[str, Any]:
+    """Per class: total volume (mL, or voxels when spacing is unknown), lesion count, and the largest lesion
+    (slice range; for hemorrhage its ABC/2 estimate beside the voxel volume)."""
+    out: dict[str, Any] = {"spacing_known": q.spacing_known}
+    for name, c in q.classes.items():
+        entry: dict[str, Any] = {"volume": round(c.total, 3), "unit": c.unit, "n_lesions": c.n_lesions}
+        if c.largest is not None:
+            lg = c.largest
+            entry["largest"] = {
+                "volume": round(lg.size, 3), "unit": lg.unit, "first_slice": lg.first_slice,
+                "last_slice": lg.last_slice, "largest_slice": lg.largest_slice,
+                "largest_slice_area": round(lg.largest_slice_area, 2), "area_unit": lg.area_unit,
+            }
+            if lg.abc2_ml is not None:
+                entry["largest"]["abc2_ml"] = round(lg.abc2_ml, 3)
+                entry["largest"]["abc_mm"] = lg.abc
+        out[name] = entry
+    return out
 
-    def __init__(self, classifier_dir: Path | None = None, batch_size: int = 16) -> None:
+
+class Predictor:
+    """Loads the bundled (or given) models once; ``analyse`` turns a Scan into a ScanResult.
+
+    With ``segment=True`` (or a ``segmenter_dir``) the lesion U-Net also runs: the result then carries class-id
+    masks in the input's grid, per-slice areas and per-scan volumes.
+    """
+
+    def __init__(self, classifier_dir: Path | None = None, segmenter_dir: Path | None = None, segment: bool = False,
+                 batch_size: int = 16) -> None:
         self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
         self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
         self.batch_size = batch_size
+        self.segmenter = None
+        if segment or segmenter_dir is not None:
+            from strokescan.segmentation import Segmenter
+
+            self.segmenter = Segmenter(segmenter_dir)
 
     @property
     def model_info(self) -> dict[str, str]:
-        return {"classifier_sha256": self.plan.weights_sha256[:16], "strokescan": __version__}
+        info = {"classifier_sha256": self.plan.weights_sha256[:16], "strokescan": __version__}
+        if self.segmenter is not None:
+            info.update(self.segmenter.model_info)
+        return info
 
     @property
     def classifier_plan(self) -> ClassifierPlan:
@@ -129,6 +173,14 @@ class Predictor:
             for i, p in enumerate(prepared)
         ]
         score = float(probs.max())
+        masks = quantification = None
+        if self.segmenter is not None:
+            if angle is None and scan.n_slices == 1:
+                angle = prepared[0].rotation_deg  # reuse the 2-D image's estimate
+            masks = self.segmenter.segment(scan, rotation_deg=angle)
+            quantification = self.segmenter.quantify(scan, masks)
+            for s, m in zip(slices, masks):
+                s.lesions = slice_areas(m, scan.pixel_spacing_mm)
         return ScanResult(
             path=str(scan.source_path),
             n_slices=scan.n_slices,
@@ -138,6 +190,8 @@ class Predictor:
             slice_threshold=self.plan.slice_threshold,
             scan_threshold=self.plan.scan_threshold,
             model=self.model_info,
+            masks=masks,
+            quantification=quantification,
         )
 
     def analyse_path(self, path: str | Path, series: str | None = None) -> ScanResult:

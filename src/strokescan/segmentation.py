@@ -124,7 +124,7 @@ def overlay_image(pixels: np.ndarray, is_hu: bool, mask: np.ndarray, alpha: floa
 
 
 def _name(stem: str, i: int, n: int) -> str:
-    return f"{stem}_{i:04d}.png" if n > 1 else f"{stem}.png"
+    return f"{stem}_{i}.png" if n > 1 else f"{stem}.png"
 
 
 def write_masks(masks: list[np.ndarray], folder: Path | str, stem: str = "mask") -> list[Path]:

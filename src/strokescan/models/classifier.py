@@ -7,7 +7,6 @@ convolution, dropout and one logit) is trained. Saved as fp16 weights plus a JSO
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from strokescan.errors import ModelError
+from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.pipeline import SlicePlan
 
 TRAINABLE_FROM = 14  # blocks 0..13 are frozen (ImageNet), 14..15 and the head are trained
@@ -99,29 +98,12 @@ class ClassifierPlan:
         return cls(**d)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_classifier(model: SliceClassifier, plan: ClassifierPlan, folder: Path) -> None:
     """Write fp16 weights and the plan (with the weights' sha256) to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(state, folder / WEIGHTS_FILE)
-    plan.weights_sha256 = sha256_of(folder / WEIGHTS_FILE)
-    (folder / PLAN_FILE).write_text(plan.to_json())
+    save_model(model, plan, folder, WEIGHTS_FILE, PLAN_FILE)
 
 
 def load_classifier(folder: Path) -> tuple[SliceClassifier, ClassifierPlan]:
     """Read a classifier saved by :func:`save_classifier`, refusing a file whose checksum does not match."""
-    weights, plan_path = folder / WEIGHTS_FILE, folder / PLAN_FILE
-    if not weights.is_file() or not plan_path.is_file():
-        raise ModelError(f"{folder}: no classifier here (need {WEIGHTS_FILE} and {PLAN_FILE})")
-    plan = ClassifierPlan.from_json(plan_path.read_text())
-    digest = sha256_of(weights)
-    if digest != plan.weights_sha256:
-        raise ModelError(f"{weights}: checksum {digest[:12]}... does not match the plan ({plan.weights_sha256[:12]}...)")
-    model = SliceClassifier(pretrained=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval(), plan
+    plan = read_plan(folder, WEIGHTS_FILE, PLAN_FILE, "classifier", ClassifierPlan.from_json)
+    return load_weights(SliceClassifier(pretrained=False), Path(folder) / WEIGHTS_FILE), plan

@@ -11,7 +11,6 @@ Saved as fp16 weights plus a JSON plan holding their sha256, verified on load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from strokescan.errors import ModelError
+from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.masking import head_masks
 
 INPUT_PX = 96  # side of the network input
@@ -123,36 +123,19 @@ class OrientationPlan:
         return cls(**json.loads(text))
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_orientation_net(model: OrientationNet, plan: OrientationPlan, folder: Path) -> None:
     """Write fp16 weights and the plan (with the weights' sha256) to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(state, folder / WEIGHTS_FILE)
-    plan.weights_sha256 = sha256_of(folder / WEIGHTS_FILE)
-    (folder / PLAN_FILE).write_text(plan.to_json())
+    save_model(model, plan, folder, WEIGHTS_FILE, PLAN_FILE)
 
 
 def load_orientation_net(folder: Path | None = None) -> tuple[OrientationNet, OrientationPlan]:
     """Read a model saved by :func:`save_orientation_net` (default: the bundled one); refuse a checksum mismatch."""
     folder = Path(folder) if folder is not None else BUNDLED_DIR
-    weights, plan_path = folder / WEIGHTS_FILE, folder / PLAN_FILE
-    if not weights.is_file() or not plan_path.is_file():
-        raise ModelError(f"{folder}: no orientation model here (need {WEIGHTS_FILE} and {PLAN_FILE})")
-    plan = OrientationPlan.from_json(plan_path.read_text())
-    digest = sha256_of(weights)
-    if digest != plan.weights_sha256:
-        raise ModelError(f"{weights}: checksum {digest[:12]}... does not match the plan ({plan.weights_sha256[:12]}...)")
+    plan = read_plan(folder, WEIGHTS_FILE, PLAN_FILE, "orientation model", OrientationPlan.from_json)
     if (plan.input_px, plan.work_px, plan.crop_radii) != (INPUT_PX, WORK_PX, CROP_RADII):
-        raise ModelError(f"{plan_path}: input geometry {plan.input_px}/{plan.work_px}/{plan.crop_radii} differs from "
-                         f"this code's {INPUT_PX}/{WORK_PX}/{CROP_RADII}")
-    model = OrientationNet(tuple(plan.widths))
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval(), plan
+        raise ModelError(f"{folder / PLAN_FILE}: input geometry {plan.input_px}/{plan.work_px}/{plan.crop_radii} "
+                         f"differs from this code's {INPUT_PX}/{WORK_PX}/{CROP_RADII}")
+    return load_weights(OrientationNet(tuple(plan.widths)), folder / WEIGHTS_FILE), plan
 
 
 def predict_angles(model: OrientationNet, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,6 @@ which :func:`load_segmenter` verifies before loading.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from strokescan.errors import ModelError
+from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.pipeline import SlicePlan
 
 CLASSES: tuple[str, ...] = ("background", "hemorrhage", "edema", "infarct")
@@ -216,35 +216,12 @@ class SegmenterPlan:
             raise ModelError(f"segmenter plan unreadable ({exc.__class__.__name__})") from None
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save_segmenter(model: nn.Module, plan: SegmenterPlan, folder: Path | str) -> Path:
     """Write fp16 weights and the plan (with the weights' sha256) to ``folder``; returns the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(state, folder / WEIGHTS_FILE)
-    plan.weights_sha256 = sha256_of(folder / WEIGHTS_FILE)
-    (folder / PLAN_FILE).write_text(plan.to_json())
-    return folder
+    return save_model(model, plan, folder, WEIGHTS_FILE, PLAN_FILE)
 
 
 def load_segmenter(folder: Path | str) -> tuple[nn.Module, SegmenterPlan]:
     """Read a segmenter saved by :func:`save_segmenter`; :class:`ModelError` if missing, altered or mismatched."""
-    folder = Path(folder)
-    weights, plan_path = folder / WEIGHTS_FILE, folder / PLAN_FILE
-    if not weights.is_file() or not plan_path.is_file():
-        raise ModelError(f"{folder}: no segmenter here (need {WEIGHTS_FILE} and {PLAN_FILE})")
-    plan = SegmenterPlan.from_json(plan_path.read_text())
-    digest = sha256_of(weights)
-    if digest != plan.weights_sha256:
-        raise ModelError(f"{weights}: checksum {digest[:12]}... does not match the plan ({plan.weights_sha256[:12]}...)")
-    model = build_unet(plan.unet, pretrained=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError:
-        raise ModelError(f"{weights}: weights do not match the architecture in the plan") from None
-    return model.eval(), plan
+    plan = read_plan(folder, WEIGHTS_FILE, PLAN_FILE, "segmenter", SegmenterPlan.from_json)
+    return load_weights(build_unet(plan.unet, pretrained=False), Path(folder) / WEIGHTS_FILE), plan
