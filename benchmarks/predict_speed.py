@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
@@ -21,15 +19,7 @@ from strokescan.config import SAMPLES_DIR
 from strokescan.io import load_scan
 from strokescan.models.seed_cnn import SEED_INPUT_SIZE, SeedCNN
 from strokescan.prediction import Predictor
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_seconds  # benchmarks/timing.py
 
 
 def main() -> None:
@@ -43,18 +33,18 @@ def main() -> None:
     jpegs = sorted(SAMPLES_DIR.glob("ctich_*.jpg"))
     n = series.n_slices
     rows = {}
-    s = _median_seconds(lambda: predictor.analyse(load_scan(SAMPLES_DIR / "ge-hispeed-head-series.zip")), args.repeats)
+    s = median_seconds(lambda: predictor.analyse(load_scan(SAMPLES_DIR / "ge-hispeed-head-series.zip")), args.repeats)
     rows["strokescan predict, DICOM series (read+preprocess+network)"] = n / s
-    s = _median_seconds(lambda: [predictor.analyse(load_scan(p)) for p in jpegs], args.repeats)
+    s = median_seconds(lambda: [predictor.analyse(load_scan(p)) for p in jpegs], args.repeats)
     rows["strokescan predict, JPEG slices (read+rotation+preprocess+network)"] = len(jpegs) / s
     x = torch.rand(n, 3, predictor.plan.slice_plan.size, predictor.plan.slice_plan.size)
     with torch.no_grad():
-        s = _median_seconds(lambda: predictor.model(x), args.repeats)
+        s = median_seconds(lambda: predictor.model(x), args.repeats)
     rows["strokescan network alone (EfficientNet-Lite0, 224 px)"] = n / s
     seed = SeedCNN().eval()
     xs = torch.rand(n, 1, SEED_INPUT_SIZE, SEED_INPUT_SIZE)
     with torch.no_grad():
-        s = _median_seconds(lambda: seed(xs), args.repeats)
+        s = median_seconds(lambda: seed(xs), args.repeats)
     rows["baseline: seed-style CNN forward (128 px)"] = n / s
     width = max(len(k) for k in rows)
     print(f"{'workload':<{width}}  slices/s   ({args.threads} threads, median of {args.repeats})")

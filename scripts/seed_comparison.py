@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from strokescan.config import SEED
 from strokescan.datasets.splits import ctich_kaggle_folds
@@ -40,16 +42,32 @@ def _stats(frame: pd.DataFrame, group: str = "patient") -> dict:
     )
 
 
-def linear_probe(feats: torch.Tensor, manifest: pd.DataFrame, folds: dict) -> np.ndarray:
-    """Logistic regression on global-average-pooled frozen trunk features, same folds (test fold k)."""
+def neighbour_context(x: np.ndarray, manifest: pd.DataFrame) -> np.ndarray:
+    """Each row's features beside the element-wise max and mean of its two neighbouring slices (same patient,
+    by slice index; an end slice counts itself as its missing neighbour): a 2.5-D view of the scan."""
+    order = manifest.sort_values(["patient", "slice_index"]).index.to_numpy()
+    patient = manifest["patient"].to_numpy()
+    prev, nxt = np.arange(len(x)), np.arange(len(x))
+    same = patient[order[1:]] == patient[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    nxt[order[:-1][same]] = order[1:][same]
+    return np.concatenate([x, np.maximum(x[prev], x[nxt]), (x[prev] + x[nxt]) / 2], axis=1)
+
+
+def linear_probe(feats: torch.Tensor, manifest: pd.DataFrame, folds: dict, context: bool = False) -> np.ndarray:
+    """Logistic regression (C = 0.1, fixed beforehand) on global-average-pooled frozen trunk features, same
+    folds (test fold k, trained on the other four); with ``context``, plus the neighbouring slices' features."""
     x = feats[0].float().mean(dim=(2, 3)).numpy()
+    if context:
+        x = neighbour_context(x, manifest.reset_index(drop=True))
     fold_of = {p: int(k) for k, ps in folds["folds"].items() for p in ps}
     row_fold = manifest["patient"].map(fold_of).to_numpy()
     y = manifest["label"].to_numpy(float)
     out = np.full(len(y), np.nan)
     for k in range(folds["n_folds"]):
         tr = (row_fold != k) & ~np.isnan(y)
-        lr = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced").fit(x[tr], y[tr])
+        lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"))
+        lr.fit(x[tr], y[tr])
         out[row_fold == k] = lr.predict_proba(x[row_fold == k])[:, 1]
     return out
 
@@ -58,9 +76,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/classifier")
     ap.add_argument("--out", default="reports/classifier")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = ctich_manifest()
@@ -92,6 +111,9 @@ def main() -> None:
     p = linear_probe(feats, manifest, folds)
     f = pd.DataFrame({"patient": manifest["patient"], "label": slice_y, "probability": p}).dropna()
     rows["4. frozen ImageNet features + logistic regression, slice labels, patient 5-fold"] = {"n": len(f), "stats": _stats(f)}
+    p = linear_probe(feats, manifest, folds, context=True)
+    f = pd.DataFrame({"patient": manifest["patient"], "label": slice_y, "probability": p}).dropna()
+    rows["4b. as 4, plus the two neighbouring slices' features (2.5-D context)"] = {"n": len(f), "stats": _stats(f)}
 
     oof_file = Path(args.run_dir) / "oof_predictions.csv"
     if oof_file.exists():

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from strokescan.prediction import ScanResult
 
 EXIT_BAD_INPUT = 2
+DEMO_OUTPUT_DIR = "strokescan-demo-overlays"
 
 log = logging.getLogger("strokescan")
 
@@ -134,10 +135,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from strokescan.config import SAMPLES_DIR
+    from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
 
-    print("strokescan demo: analysing the bundled sample slices (see their ATTRIBUTION.md)\n")
+    print("strokescan demo: analysing the bundled sample scans (see their ATTRIBUTION.md)\n")
     args.paths, args.series = [str(SAMPLES_DIR)], None
-    return _cmd_predict(args)
+    has_segmenter = args.segmenter or (DEFAULT_SEGMENTER_DIR / "segmenter.pt").is_file()
+    if has_segmenter and not (args.masks_dir or args.overlays_dir):
+        args.overlays_dir = Path(DEMO_OUTPUT_DIR)
+    rc = _cmd_predict(args)
+    if args.overlays_dir:
+        print(f"\nlesion overlays (red hemorrhage, yellow edema, blue infarct) written to {args.overlays_dir}/")
+    return rc
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
