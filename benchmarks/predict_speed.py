@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/predict_speed.py [--repeats 3] [--threads 2]
 
-Three figures, each the median of --repeats runs: the full Predictor (read, rotation estimate, masks,
+Each figure the median of --repeats runs: the full Predictor (read, rotation estimate, masks,
 preprocessing, network) on the bundled 28-slice DICOM series and on the three bundled JPEG slices; the
-network alone on preprocessed inputs; the seed CNN's forward pass on the same number of 128x128 slices (its
+network alone on preprocessed inputs; with a bundled segmenter, the Predictor with segmentation and the U-Net
+alone; the seed CNN's forward pass on the same number of 128x128 slices (its
 whole pipeline is a resize). Figures are for comparison within one run: these machines are noisy.
 """
 
@@ -19,6 +20,7 @@ from strokescan.config import SAMPLES_DIR
 from strokescan.io import load_scan
 from strokescan.models.seed_cnn import SEED_INPUT_SIZE, SeedCNN
 from strokescan.prediction import Predictor
+from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
 from timing import median_seconds  # benchmarks/timing.py
 
 
@@ -41,6 +43,16 @@ def main() -> None:
     with torch.no_grad():
         s = median_seconds(lambda: predictor.model(x), args.repeats)
     rows["strokescan network alone (EfficientNet-Lite0, 224 px)"] = n / s
+    if (DEFAULT_SEGMENTER_DIR / "segmenter.pt").is_file():
+        with_masks = Predictor(segment=True)
+        s = median_seconds(lambda: with_masks.analyse(load_scan(SAMPLES_DIR / "ge-hispeed-head-series.zip")),
+                           args.repeats)
+        rows["strokescan predict + segmentation, DICOM series (masks, areas, volumes)"] = n / s
+        size = with_masks.segmenter.plan.slice_plan.size
+        xu = torch.rand(n, 3, size, size)
+        with torch.no_grad():
+            s = median_seconds(lambda: with_masks.segmenter.model(xu), args.repeats)
+        rows[f"segmentation network alone (U-Net, {size} px)"] = n / s
     seed = SeedCNN().eval()
     xs = torch.rand(n, 1, SEED_INPUT_SIZE, SEED_INPUT_SIZE)
     with torch.no_grad():

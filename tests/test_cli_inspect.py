@@ -206,3 +206,28 @@ def test_console_script_exit_status(tmp_path, head_ct):
     assert proc.stdout == ""
     assert proc.stderr.startswith("strokescan: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_output_and_logs_carry_no_identifiers(capsys, caplog, tmp_path, mr_dir, mr_values):
+    import torch
+
+    from strokescan.models.classifier import ClassifierPlan, SliceClassifier, save_classifier
+    from strokescan.preprocessing.pipeline import SlicePlan
+
+    torch.manual_seed(0)
+    plan = ClassifierPlan(slice_plan=SlicePlan(size=64, correct_rotation=False),
+                          calibration={"method": "platt", "a": 1.0, "b": 0.0}, slice_threshold=0.5,
+                          scan_threshold=0.5, threshold_rule="test")
+    save_classifier(SliceClassifier(pretrained=False), plan, tmp_path / "model")
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    for extra in (["--json"], []):
+        # the folder is refused (five copies of one slice): its error line must not leak either
+        assert main(["-v", "predict", str(mr_dir), *sorted(map(str, mr_dir.glob("*.dcm"))), "--model",
+                     str(tmp_path / "model"), *extra]) == 2
+        out, err = capsys.readouterr()
+        assert out.count("p=") == 5 or out.count('"probability"') == 5
+        texts.append(out + err)
+    texts.append(caplog.text)
+    leaks = _leaks("\n".join(texts), mr_values)
+    assert not leaks, leaks

@@ -178,3 +178,14 @@ def test_segmentation_refusals_are_one_line_errors(tiny_model_dir, bleeding_segm
     assert rc == 2
     lines = _json_lines(capsys)
     assert len(lines) == 1 and lines[0]["error_type"] == "OutputError" and "cannot write" in lines[0]["error"]
+
+
+@bundled
+def test_demo_analyses_every_bundled_sample(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # overlays (when a segmenter is bundled) land here, not in the repo
+    assert main(["demo", "--json"]) == 0
+    lines = _json_lines(capsys)
+    paths = {Path(x["path"]).name for x in lines if "probability" in x}
+    assert paths == {p.name for p in SAMPLES_DIR.iterdir() if p.suffix in {".jpg", ".png", ".zip"}}
+    scan = next(x for x in lines if x.get("scan"))
+    assert scan["n_slices"] == 28 and 0.0 <= scan["probability"] <= 1.0

@@ -137,14 +137,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from strokescan.config import SAMPLES_DIR
     from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
 
-    print("strokescan demo: analysing the bundled sample scans (see their ATTRIBUTION.md)\n")
+    say = sys.stderr if args.json else sys.stdout  # with --json, stdout holds JSON lines only
+    print("strokescan demo: analysing the bundled sample scans (see their ATTRIBUTION.md)\n", file=say)
     args.paths, args.series = [str(SAMPLES_DIR)], None
     has_segmenter = args.segmenter or (DEFAULT_SEGMENTER_DIR / "segmenter.pt").is_file()
     if has_segmenter and not (args.masks_dir or args.overlays_dir):
         args.overlays_dir = Path(DEMO_OUTPUT_DIR)
     rc = _cmd_predict(args)
     if args.overlays_dir:
-        print(f"\nlesion overlays (red hemorrhage, yellow edema, blue infarct) written to {args.overlays_dir}/")
+        print(f"\nlesion overlays (red hemorrhage, yellow edema, blue infarct) written to {args.overlays_dir}/", file=say)
     return rc
 
 
