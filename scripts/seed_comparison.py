@@ -7,6 +7,8 @@ classifier (out-of-fold predictions of `strokescan train`). CIs: 1000 bootstrap 
 (images for row 1, as the seed's protocol ignores patients).
 
     .venv/bin/python scripts/seed_comparison.py [--run-dir runs/classifier] [--out reports/classifier]
+    # or in parallel, then assemble:  --parts image_split,folder_cv & --parts slice_cv,probe,probe_context & ...
+    .venv/bin/python scripts/seed_comparison.py --parts ''
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from strokescan.training.seed_baseline import image_split_run, patient_cv_run, s
 from strokescan.training.workflow import ctich_manifest
 
 
-def _stats(frame: pd.DataFrame, group: str = "patient") -> dict:
-    f = frame.rename(columns={group: "patient"}) if group != "patient" else frame
+def _stats(frame: pd.DataFrame) -> dict:
+    """ROC-AUC and accuracy at 0.5 with CIs from resampling ``frame["patient"]`` groups."""
     return patient_bootstrap(
-        f.reset_index(drop=True),
+        frame.reset_index(drop=True),
         lambda g: {k: v for k, v in point_metrics(g["label"].to_numpy(), g["probability"].to_numpy(), 0.5).items()
                    if k in ("roc_auc", "accuracy")},
     )
@@ -72,55 +74,71 @@ def linear_probe(feats: torch.Tensor, manifest: pd.DataFrame, folds: dict, conte
     return out
 
 
+PARTS = {
+    "image_split": "1. seed CNN, folder labels, random image split",
+    "folder_cv": "2. seed CNN, folder labels, patient 5-fold",
+    "slice_cv": "3. seed CNN from scratch, slice labels, patient 5-fold",
+    "probe": "4. frozen ImageNet features + logistic regression, slice labels, patient 5-fold",
+    "probe_context": "4b. as 4, plus the two neighbouring slices' features (2.5-D context)",
+}
+OURS = "5. strokescan (ImageNet EfficientNet-Lite0, top fine-tuned), slice labels, patient 5-fold"
+
+
+def compute_part(part: str, manifest: pd.DataFrame, folds: dict, seed_x: np.ndarray | None) -> pd.DataFrame:
+    """Scores of one comparison row: columns group (patient, or image for the image split), label, probability."""
+    folder_y = (manifest["folder_label"] == "Stroke").to_numpy(float)
+    slice_y = manifest["label"].to_numpy(float)
+    patients = manifest["patient"]
+    if part == "image_split":
+        r = image_split_run(seed_x, folder_y, seed=SEED)
+        return pd.DataFrame({"group": r["rows"], "label": folder_y[r["rows"]], "probability": r["probability"]})
+    if part in ("folder_cv", "slice_cv"):
+        y = folder_y if part == "folder_cv" else slice_y
+        p = patient_cv_run(seed_x, y, patients, folds["folds"], seed=SEED)
+    else:
+        feats = cached_features(manifest["image_path"].tolist(), SlicePlan(), 3, SEED)
+        p = linear_probe(feats, manifest, folds, context=part == "probe_context")
+        y = slice_y
+    return pd.DataFrame({"group": patients, "label": y, "probability": p}).dropna()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/classifier")
     ap.add_argument("--out", default="reports/classifier")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="rows to compute (each is stored and reused: run parts in parallel processes, then once "
+                    "more with --parts '' to write the table)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    parts_dir = out / "seed_comparison_parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
     manifest = ctich_manifest()
     folds = ctich_kaggle_folds()
-    x = seed_inputs(manifest["image_path"].tolist())
-    folder_y = (manifest["folder_label"] == "Stroke").to_numpy(float)
-    slice_y = manifest["label"].to_numpy(float)
+    todo = [p for p in args.parts.split(",") if p and not (parts_dir / f"{p}.csv").exists()]
+    unknown = set(todo) - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts {sorted(unknown)}; choose from {list(PARTS)}")
+    seed_x = seed_inputs(manifest["image_path"].tolist()) if {"image_split", "folder_cv", "slice_cv"} & set(todo) else None
+    for part in todo:
+        t = time.time()
+        frame = compute_part(part, manifest, folds, seed_x)
+        frame.to_csv(parts_dir / f"{part}.csv", index=False)
+        (parts_dir / f"{part}.json").write_text(json.dumps({"seconds": time.time() - t, "threads": args.threads}))
+
     rows, timings = {}, {}
-
-    t = time.time()
-    r = image_split_run(x, folder_y, seed=SEED)
-    timings["seed_image_split"] = time.time() - t
-    f = pd.DataFrame({"image": r["rows"], "label": folder_y[r["rows"]], "probability": r["probability"]})
-    rows["1. seed CNN, folder labels, random image split"] = {"n": len(f), "stats": _stats(f, "image")}
-
-    t = time.time()
-    p = patient_cv_run(x, folder_y, manifest["patient"], folds["folds"], seed=SEED)
-    timings["seed_patient_cv_folder_labels"] = time.time() - t
-    f = pd.DataFrame({"patient": manifest["patient"], "label": folder_y, "probability": p})
-    rows["2. seed CNN, folder labels, patient 5-fold"] = {"n": len(f), "stats": _stats(f)}
-
-    t = time.time()
-    p = patient_cv_run(x, slice_y, manifest["patient"], folds["folds"], seed=SEED)
-    timings["seed_patient_cv_slice_labels"] = time.time() - t
-    f = pd.DataFrame({"patient": manifest["patient"], "label": slice_y, "probability": p}).dropna()
-    rows["3. seed CNN from scratch, slice labels, patient 5-fold"] = {"n": len(f), "stats": _stats(f)}
-
-    feats = cached_features(manifest["image_path"].tolist(), SlicePlan(), 3, SEED)
-    p = linear_probe(feats, manifest, folds)
-    f = pd.DataFrame({"patient": manifest["patient"], "label": slice_y, "probability": p}).dropna()
-    rows["4. frozen ImageNet features + logistic regression, slice labels, patient 5-fold"] = {"n": len(f), "stats": _stats(f)}
-    p = linear_probe(feats, manifest, folds, context=True)
-    f = pd.DataFrame({"patient": manifest["patient"], "label": slice_y, "probability": p}).dropna()
-    rows["4b. as 4, plus the two neighbouring slices' features (2.5-D context)"] = {"n": len(f), "stats": _stats(f)}
-
+    for part, name in PARTS.items():
+        if (parts_dir / f"{part}.csv").exists():
+            f = pd.read_csv(parts_dir / f"{part}.csv")
+            rows[name] = {"n": len(f), "stats": _stats(f.rename(columns={"group": "patient"}))}
+            timings[part] = json.loads((parts_dir / f"{part}.json").read_text())["seconds"]
     oof_file = Path(args.run_dir) / "oof_predictions.csv"
     if oof_file.exists():
-        oof = pd.read_csv(oof_file).dropna(subset=["label"])
-        f = oof[["patient", "label", "probability"]]
-        rows["5. strokescan (ImageNet EfficientNet-Lite0, top fine-tuned), slice labels, patient 5-fold"] = {
-            "n": len(f), "stats": _stats(f)}
+        f = pd.read_csv(oof_file).dropna(subset=["label"])[["patient", "label", "probability"]]
+        rows[OURS] = {"n": len(f), "stats": _stats(f)}
 
     (out / "seed_comparison.json").write_text(json.dumps({"rows": rows, "seconds": timings}, indent=2))
     lines = ["| setting | n slices | ROC-AUC (95% CI) | accuracy at 0.5 (95% CI) |", "|---|---|---|---|"]
