@@ -144,19 +144,11 @@ class Predictor:
     def classifier_plan(self) -> ClassifierPlan:
         return self.plan
 
-    def _rotation(self, scan: Scan) -> float | None:
-        """One angle per volume (estimated on its central slices); per slice for 2-D images."""
-        if not self.plan.slice_plan.correct_rotation:
-            return 0.0
-        if scan.is_volume:
-            from strokescan.preprocessing.orientation import estimate_scan_rotation
-
-            return estimate_scan_rotation(scan) or 0.0
-        return None
-
     @torch.no_grad()
     def analyse(self, scan: Scan) -> ScanResult:
-        angle = self._rotation(scan)
+        from strokescan.preprocessing.orientation import analysis_rotation
+
+        angle = analysis_rotation(scan, self.plan.slice_plan.correct_rotation)
         prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle) for i in range(scan.n_slices)]
         x = torch.from_numpy(np.stack([p.channels for p in prepared]))
         logits = torch.cat([self.model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])

@@ -74,19 +74,12 @@ class Segmenter:
     def model_info(self) -> dict[str, str]:
         return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch}
 
-    def _rotation(self, scan: Scan, rotation_deg: float | None) -> float | None:
-        if rotation_deg is not None or not self.plan.slice_plan.correct_rotation:
-            return rotation_deg if rotation_deg is not None else 0.0
-        if scan.is_volume:
-            from strokescan.preprocessing.orientation import estimate_scan_rotation
-
-            return estimate_scan_rotation(scan) or 0.0
-        return None  # 2-D image: estimated per slice by prepare_slice
-
     @torch.no_grad()
     def probabilities(self, scan: Scan, rotation_deg: float | None = None):
         """(list of PreparedSlice, (n, C, S, S) float32 softmax in the model frame)."""
-        angle = self._rotation(scan, rotation_deg)
+        from strokescan.preprocessing.orientation import analysis_rotation
+
+        angle = rotation_deg if rotation_deg is not None else analysis_rotation(scan, self.plan.slice_plan.correct_rotation)
         prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle) for i in range(scan.n_slices)]
         x = torch.from_numpy(np.stack([p.channels for p in prepared]))
         probs = [torch.softmax(self.model(x[i:i + self.batch_size]), 1) for i in range(0, len(x), self.batch_size)]

@@ -214,3 +214,13 @@ def estimate_scan_rotation(scan: Scan) -> float | None:
     refined = [_refine(scan.pixels[i], scan.is_hu, float(a)) if _REFINE_SPAN > 0 else float(a)
                for i, a in zip(picks[use], angles[use])]
     return round(circular_median_deg(np.array(refined)), 1) % 360.0
+
+
+def analysis_rotation(scan: Scan, correct_rotation: bool) -> float | None:
+    """The angle a model's slice plan should remove: 0 when it does not correct rotation, one estimate per
+    volume (0 when none can be made), ``None`` for a 2-D image (``prepare_slice`` then estimates per slice)."""
+    if not correct_rotation:
+        return 0.0
+    if scan.is_volume:
+        return estimate_scan_rotation(scan) or 0.0
+    return None
