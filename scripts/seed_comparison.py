@@ -22,16 +22,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from strokescan.config import SEED
 from strokescan.datasets.splits import ctich_kaggle_folds
 from strokescan.evaluation.metrics import format_ci, patient_bootstrap, point_metrics
 from strokescan.preprocessing.pipeline import SlicePlan
 from strokescan.training.features import cached_features
-from strokescan.training.seed_baseline import image_split_run, patient_cv_run, seed_inputs
+from strokescan.training.probe import linear_probe
+from strokescan.training.seed_baseline import (
+    image_split_run,
+    patient_cv_run,
+    seed_inputs,
+)
 from strokescan.training.workflow import ctich_manifest
 
 
@@ -42,36 +44,6 @@ def _stats(frame: pd.DataFrame) -> dict:
         lambda g: {k: v for k, v in point_metrics(g["label"].to_numpy(), g["probability"].to_numpy(), 0.5).items()
                    if k in ("roc_auc", "accuracy")},
     )
-
-
-def neighbour_context(x: np.ndarray, manifest: pd.DataFrame) -> np.ndarray:
-    """Each row's features beside the element-wise max and mean of its two neighbouring slices (same patient,
-    by slice index; an end slice counts itself as its missing neighbour): a 2.5-D view of the scan."""
-    order = manifest.sort_values(["patient", "slice_index"]).index.to_numpy()
-    patient = manifest["patient"].to_numpy()
-    prev, nxt = np.arange(len(x)), np.arange(len(x))
-    same = patient[order[1:]] == patient[order[:-1]]
-    prev[order[1:][same]] = order[:-1][same]
-    nxt[order[:-1][same]] = order[1:][same]
-    return np.concatenate([x, np.maximum(x[prev], x[nxt]), (x[prev] + x[nxt]) / 2], axis=1)
-
-
-def linear_probe(feats: torch.Tensor, manifest: pd.DataFrame, folds: dict, context: bool = False) -> np.ndarray:
-    """Logistic regression (C = 0.1, fixed beforehand) on global-average-pooled frozen trunk features, same
-    folds (test fold k, trained on the other four); with ``context``, plus the neighbouring slices' features."""
-    x = feats[0].float().mean(dim=(2, 3)).numpy()
-    if context:
-        x = neighbour_context(x, manifest.reset_index(drop=True))
-    fold_of = {p: int(k) for k, ps in folds["folds"].items() for p in ps}
-    row_fold = manifest["patient"].map(fold_of).to_numpy()
-    y = manifest["label"].to_numpy(float)
-    out = np.full(len(y), np.nan)
-    for k in range(folds["n_folds"]):
-        tr = (row_fold != k) & ~np.isnan(y)
-        lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"))
-        lr.fit(x[tr], y[tr])
-        out[row_fold == k] = lr.predict_proba(x[row_fold == k])[:, 1]
-    return out
 
 
 PARTS = {

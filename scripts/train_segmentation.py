@@ -30,6 +30,10 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze-blocks", type=int, default=3, help="effnet: stem + first N encoder blocks frozen")
     ap.add_argument("--no-pretrained", action="store_true", help="effnet encoder from random weights")
     ap.add_argument("--classifier-dir", type=Path, default=None, help="init the encoder from a trained classifier")
+    ap.add_argument("--init-model", type=Path, default=None,
+                    help="fine-tune a saved segmenter (from a run with the same folds); with --max-epochs 0 only "
+                         "evaluate it on the held-out fold")
+    ap.add_argument("--no-augment", action="store_true", help="train without augmentation (ablation)")
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
               f"{a.max_epochs} epochs x {a.steps_per_epoch} steps <= {sec * a.max_epochs * a.steps_per_epoch / 60:.0f} min")
         return 0
     cfg = SegTrainConfig(max_epochs=a.max_epochs, patience=a.patience, steps_per_epoch=a.steps_per_epoch,
-                         batch_size=a.batch_size, lr=a.lr, threads=a.threads)
+                         batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, threads=a.threads)
     limit = None
     if a.smoke:
         cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads)
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     res = run_training(a.out, cfg, unet=unet, test_folds=tuple(int(k) for k in a.test_folds.split(",")),
                        n_folds=a.n_folds, ctich_negatives_per_patient=a.ctich_negatives,
-                       pretrained=not a.no_pretrained, classifier_dir=a.classifier_dir, limit_per_source=limit,
+                       pretrained=not a.no_pretrained, classifier_dir=a.classifier_dir,
+                       init_model=a.init_model, limit_per_source=limit,
                        n_boot=50 if a.smoke else a.bootstrap, final=a.final)
     s = res["summary"]
     cols = ["method", "source", "class", "n_slices", "n_slices_with_class", "dice_pos", "dice_all", "fp_slice_rate"]

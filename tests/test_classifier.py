@@ -96,3 +96,21 @@ def test_cross_validation_keeps_test_folds_out_of_training_and_resumes(tmp_path,
     seen_rows.clear()
     again = cross_validate(manifest, feats, folds, cfg, tmp_path)  # resumes: nothing retrained
     assert seen_rows == [] and np.allclose(again["probability"], oof["probability"])
+
+
+def test_linear_probe_never_sees_the_labels_of_the_fold_it_scores():
+    from strokescan.training.probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i}" for i in range(10)], 6)
+    y = rng.integers(0, 2, len(patients)).astype(float)
+    feats = torch.tensor(rng.normal(size=(1, len(y), 8, 2, 2)) + y[None, :, None, None, None], dtype=torch.float32)
+    manifest = pd.DataFrame({"patient": patients, "label": y, "slice_index": np.tile(np.arange(6), 10)})
+    folds = {"n_folds": 2, "folds": {"0": [f"p{i}" for i in range(5)], "1": [f"p{i}" for i in range(5, 10)]}}
+    p = linear_probe(feats, manifest, folds)
+    flipped = manifest.assign(label=np.where(np.isin(patients, folds["folds"]["0"]), 1 - y, y))
+    q = linear_probe(feats, flipped, folds)
+    fold0 = np.isin(patients, folds["folds"]["0"])
+    assert np.allclose(p[fold0], q[fold0])  # fold 0's scores do not depend on fold 0's labels
+    assert not np.allclose(p[~fold0], q[~fold0])  # ... but fold 1's do (trained on fold 0)
+    assert ((p > 0.5) == (y == 1)).mean() > 0.8

@@ -107,12 +107,14 @@ def test_mask_decoding_matches_the_counts_each_dataset_ships(data_root):
     from strokescan.datasets import local
 
     checks = [
-        (local.load_bhsd_mini, "bhsd-mini", ["EDH_px", "IPH_px", "IVH_px", "SAH_px", "SDH_px"], HEMORRHAGE),
-        (local.load_aisd_mini, "aisd-mini", ["infarct_px"], INFARCT),
-        (local.load_cpaisd_mini, "cpaisd-mini", ["core_px", "penumbra_px"], INFARCT),
-        (local.load_realtime_mini, "realtime-mini", ["ischemic_px"], INFARCT),
+        # loader, folder, index columns counting the class, class, classes labelled (the rest unknown)
+        (local.load_bhsd_mini, "bhsd-mini", ["EDH_px", "IPH_px", "IVH_px", "SAH_px", "SDH_px"], HEMORRHAGE,
+         {HEMORRHAGE, INFARCT}),
+        (local.load_aisd_mini, "aisd-mini", ["infarct_px"], INFARCT, {INFARCT}),
+        (local.load_cpaisd_mini, "cpaisd-mini", ["core_px", "penumbra_px"], INFARCT, {INFARCT}),
+        (local.load_realtime_mini, "realtime-mini", ["ischemic_px"], INFARCT, {INFARCT}),
     ]
-    for loader, name, cols, cls in checks:
+    for loader, name, cols, cls, labelled in checks:
         m = _first(loader(data_root))
         index = pd.read_csv(data_root / name / "index.csv")
         for _, row in m.iterrows():
@@ -121,7 +123,7 @@ def test_mask_decoding_matches_the_counts_each_dataset_ships(data_root):
             got = int((ms.target == cls).sum())
             assert abs(got - want) <= 0.02 * want + 5, (name, got, want)
             assert set(np.unique(ms.target)) <= {0, cls}
-            assert ms.labelled[cls] and not ms.labelled[[c for c in (1, 2, 3) if c != cls]].any()
+            assert {c for c in (1, 2, 3) if ms.labelled[c]} == labelled, name
             assert not ms.unknown[ms.target > 0].any()
 
 
@@ -139,7 +141,8 @@ def test_phe_sich_edema_labelled_and_clot_unknown_only_near_the_lesion(data_root
     inside = hem_unknown[y0:y1, x0:x1]
     assert inside[ms.target[y0:y1, x0:x1] == 0].all()  # clot may be there: not punished
     assert hem_unknown[0:20, 0:20].sum() == 0  # far from the lesion: clot labelled absent
-    assert not ms.labelled[HEMORRHAGE] and ms.labelled[EDEMA] and not ms.labelled[INFARCT]
+    assert not ms.labelled[HEMORRHAGE] and ms.labelled[EDEMA] and ms.labelled[INFARCT]
+    assert not ((ms.unknown >> INFARCT) & 1).any()  # infarct labelled absent everywhere (hemorrhage cohort)
     negative = decode_sample(m[m["label"] == 0].iloc[0])
     assert negative.labelled[HEMORRHAGE] and not negative.target.any()
 
@@ -296,3 +299,47 @@ def test_training_loop_learns_and_resumes(tmp_path):
     _, summ2 = train_fold(build_unet(TINY), data, data, longer, tmp_path / "run")
     assert summ2["epochs_run"] == 3 and [h["epoch"] for h in summ2["history"]] == [1, 2, 3]
     assert summ2["history"][-1]["loss"] < summ2["history"][0]["loss"]
+
+
+def test_segmentation_and_classifier_share_one_encoder():
+    from strokescan.models.classifier import SliceClassifier
+
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig(), pretrained=False)
+    clf = SliceClassifier(pretrained=False)
+    clf.load_encoder_from_segmenter(unet)
+    x = torch.rand(1, 3, 64, 64)
+    unet.eval(), clf.eval()
+    with torch.no_grad():
+        h = unet.stem((x - unet.mean) / unet.std)
+        for block in unet.blocks[:14]:
+            h = block(h)
+        assert torch.allclose(clf.trunk(x), h)
+    back = build_unet(UNetConfig(), pretrained=False)
+    back.load_encoder_from_classifier(clf)
+    assert all(torch.equal(a, b) for a, b in zip(back.blocks.state_dict().values(), unet.blocks.state_dict().values()))
+
+
+def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_path, monkeypatch, data_root):
+    """The whole run on 2 patients per source (wiring, not learning): model + per-source report, then the saved
+    model as the start of a second run that only evaluates it (max_epochs 0) keeps its weights."""
+    from strokescan.training.segmentation import SegTrainConfig, run_training
+
+    monkeypatch.setenv("STROKESCAN_CACHE", str(tmp_path / "cache"))
+    cfg = SegTrainConfig(max_epochs=1, patience=1, steps_per_epoch=1, batch_size=2, threads=1)
+    first = run_training(tmp_path / "a", cfg, unet=TINY, test_folds=(0,), n_folds=3, limit_per_source=2,
+                         ctich_negatives_per_patient=1, root=data_root, n_boot=5)
+    report = (tmp_path / "a" / "report" / "report.md").read_text()
+    assert "unet" in report and "| threshold |" in report
+    model, plan = load_segmenter(first["model_dir"])
+    assert plan.training["test_fold"] == 0 and plan.training["init_model"] == ""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "folds.json").write_text((tmp_path / "a" / "folds.json").read_text())
+    zero = SegTrainConfig(**{**cfg.to_dict(), "max_epochs": 0})
+    second = run_training(tmp_path / "b", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
+                          ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
+    again, plan2 = load_segmenter(second["model_dir"])
+    assert plan2.training["init_model"] == str(first["model_dir"]) and plan2.unet == plan.unet
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    cols = ["method", "source", "class", "n_slices"]  # the same held-out slices, scored again
+    assert second["summary"][cols].equals(first["summary"][cols])

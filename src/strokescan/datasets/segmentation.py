@@ -19,9 +19,11 @@ What each source labels (decided here, documented in docs/segmentation.md):
 =================  ==========================================================================================
 source             labelled
 =================  ==========================================================================================
-bhsd-mini          hemorrhage (all five bleed types, colour-coded) ; edema and infarct unknown
+bhsd-mini          hemorrhage (all five bleed types, colour-coded) ; infarct labelled absent (an assumption:
+                   a hemorrhage cohort) ; edema unknown (a bleed may carry edema nobody outlined)
 phe-sich           edema (mask 255) ; hemorrhage *derived*: absent outside the Pascal-VOC boxes (which enclose
-                   clot + edema) and outside the filled, dilated edema rim, unknown inside them ; infarct unknown
+                   clot + edema) and outside the filled, dilated edema rim, unknown inside them ; infarct
+                   labelled absent (an assumption: spontaneous-hemorrhage patients, see docs/segmentation.md)
 aisd-mini          infarct (> 127) ; hemorrhage and edema unknown
 cpaisd-mini        infarct = core (red) + penumbra (green), as the issue asks ; hemorrhage and edema unknown
 realtime-mini      non-augmented rows only (the 12 ischemic originals): infarct = green ; red would be
@@ -55,8 +57,8 @@ ALL_BITS = (1 << HEMORRHAGE) | (1 << EDEMA) | (1 << INFARCT)
 
 #: Classes each source labels everywhere (background is always labelled where a mask exists).
 SOURCE_LABELLED: dict[str, tuple[int, ...]] = {
-    "bhsd-mini": (HEMORRHAGE,),
-    "phe-sich": (EDEMA,),  # hemorrhage labelled only outside boxes: see decode_sample
+    "bhsd-mini": (HEMORRHAGE, INFARCT),
+    "phe-sich": (EDEMA, INFARCT),  # hemorrhage labelled only outside boxes: see decode_sample
     "aisd-mini": (INFARCT,),
     "cpaisd-mini": (INFARCT,),
     "realtime-mini": (INFARCT,),

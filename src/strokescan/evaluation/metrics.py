@@ -13,7 +13,8 @@ from strokescan.config import SEED
 N_BOOTSTRAP = 1000
 
 
-def _safe_auc(y: np.ndarray, p: np.ndarray) -> float:
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC, NaN when ``y`` holds one class only (a bootstrap resample may)."""
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
@@ -24,7 +25,7 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, f
     tp, fn = int((pred & (y == 1)).sum()), int((~pred & (y == 1)).sum())
     tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
     return {
-        "roc_auc": _safe_auc(y, p),
+        "roc_auc": roc_auc(y, p),
         "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "ppv": tp / (tp + fp) if tp + fp else float("nan"),

@@ -69,6 +69,13 @@ class SliceClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top(self.trunk(x))
 
+    def load_encoder_from_segmenter(self, unet: nn.Module) -> None:
+        """Copy the stem and the EfficientNet blocks of a segmentation U-Net (:class:`~strokescan.models.unet.
+        EffUNet`, the shared encoder) into this classifier; the head stays as it is."""
+        self.stem.load_state_dict(unet.stem.state_dict())
+        for mine, theirs in zip([*self.frozen_blocks, *self.top_blocks], unet.blocks, strict=True):
+            mine.load_state_dict(theirs.state_dict())
+
     def top_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.top_blocks, self.head, self.fc) for p in m.parameters()]
 

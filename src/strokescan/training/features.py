@@ -71,6 +71,18 @@ def trunk_features(
     return torch.stack(views)
 
 
+def cached_inputs(paths: list[str], plan: SlicePlan) -> np.ndarray:
+    """:func:`prepare_inputs` for ``paths``, from the cache when it holds them."""
+    folder = cache_root() / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs_file = folder / f"inputs_{_key(paths, plan, 0, 0)}.npy"
+    if inputs_file.exists():
+        return np.load(inputs_file)
+    inputs = prepare_inputs(paths, plan)
+    np.save(inputs_file, inputs)
+    return inputs
+
+
 def cached_features(
     paths: list[str], plan: SlicePlan, n_views: int, seed: int, model: SliceClassifier | None = None
 ) -> torch.Tensor:
@@ -81,13 +93,7 @@ def cached_features(
     if target.exists():
         log.info("using cached features %s", target)
         return torch.load(target, weights_only=True)
-    inputs_file = folder / f"inputs_{_key(paths, plan, 0, 0)}.npy"
-    if inputs_file.exists():
-        inputs = np.load(inputs_file)
-    else:
-        inputs = prepare_inputs(paths, plan)
-        np.save(inputs_file, inputs)
-    feats = trunk_features(model or SliceClassifier(pretrained=True), inputs, n_views, seed)
+    feats = trunk_features(model or SliceClassifier(pretrained=True), cached_inputs(paths, plan), n_views, seed)
     tmp = target.with_suffix(".tmp")
     torch.save(feats, tmp)
     tmp.rename(target)  # atomic: an interrupted run never leaves a half-written cache

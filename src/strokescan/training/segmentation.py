@@ -4,7 +4,8 @@ Pieces:
 
 * :func:`build_cache` preprocesses every slice once (load, rotate upright, crop to the head, the foundation's
   three channels, 256 x 256; masks with the same rotation/crop and nearest resizing) into one ``.npz`` under
-  ``cache_root()/segmentation/`` keyed by the rows, the slice plan and :data:`CACHE_VERSION`.
+  ``cache_root()/segmentation/`` keyed by the rows, the slice plan, what each source labels and
+  :data:`CACHE_VERSION`.
 * :func:`partial_label_loss`: marginal ("merged-class") cross-entropy, where a pixel with target 0 may be
   background or any class its source does not label there (the ``unknown`` bitmask), plus a soft Dice over
   the lesion classes, computed only on samples that label the class.
@@ -31,11 +32,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
-from strokescan.datasets.segmentation import N_CLASSES, decode_sample, to_model_frame, training_rotation
+from strokescan.datasets.segmentation import (N_CLASSES, SOURCE_LABELLED, decode_sample, to_model_frame,
+                                               training_rotation)
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 LESION = (1, 2, 3)
 
 
@@ -64,7 +66,8 @@ class SegArrays:
 
 def _cache_key(manifest: pd.DataFrame, plan: SlicePlan) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "plan": plan.to_dict()}, sort_keys=True).encode())
+    h.update(json.dumps({"v": CACHE_VERSION, "plan": plan.to_dict(), "labelled": SOURCE_LABELLED},
+                        sort_keys=True).encode())
     for r in manifest[["image_path", "mask_path", "boxes", "source"]].astype(str).itertuples(index=False):
         h.update("|".join(str(v) for v in r).encode())
     return h.hexdigest()[:16]
@@ -414,8 +417,8 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
 
 def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), unet=None, test_folds=(0,),
                  n_folds: int = 5, ctich_negatives_per_patient: int = 4, pretrained: bool = True,
-                 classifier_dir: Path | None = None, limit_per_source: int | None = None, root=None,
-                 n_boot: int = 1000, final: bool = False) -> dict:
+                 classifier_dir: Path | None = None, init_model: Path | None = None,
+                 limit_per_source: int | None = None, root=None, n_boot: int = 1000, final: bool = False) -> dict:
     """The full run behind ``scripts/train_segmentation.py`` (see docs/segmentation.md).
 
     For each test fold k: validation (early stopping) fold k+1, training = the rest; the best model is
@@ -424,12 +427,15 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     With ``final``, one more model trains on every fold but the early-stopping fold ``test_folds[0] + 1``
     (the held-out fold joins training) and replaces ``out_dir/model``; its plan carries the held-out figures
     of the fold models, marked as such.
+    ``init_model`` starts every model from a saved segmenter (fine-tuning; with ``cfg.max_epochs == 0`` it only
+    evaluates it). It must come from a run with the same folds and held-out fold, or the held-out figures leak.
     """
     from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
     from strokescan.datasets.splits import fold_of, write_folds
     from strokescan.evaluation.segmentation import fit_threshold_baseline, summarize, write_report
     from strokescan.io import load_scan
-    from strokescan.models.unet import SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, save_segmenter
+    from strokescan.models.unet import (SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, load_segmenter,
+                                        save_segmenter)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -439,7 +445,22 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     logging.getLogger("strokescan").setLevel(logging.INFO)
     torch.set_num_threads(cfg.threads)
     unet = unet or UNetConfig()
+    if init_model is not None:
+        unet = load_segmenter(init_model)[1].unet
     plan = SlicePlan(size=SEG_INPUT_SIZE)
+
+    def new_model() -> torch.nn.Module:
+        if init_model is not None:
+            return load_segmenter(init_model)[0]
+        model = build_unet(unet, pretrained=pretrained)
+        if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
+            from strokescan.models.classifier import load_classifier
+
+            model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
+        return model
+
+    origin = {"pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
+              "init_model": str(init_model or "")}
 
     manifest = build_segmentation_manifest(root, ctich_negatives_per_patient=ctich_negatives_per_patient,
                                            seed=cfg.seed)
@@ -461,11 +482,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         v = (k + 1) % n_folds
         tr = np.nonzero((fold != k) & (fold != v))[0]
         train, val, test = data.subset(tr), data.subset(np.nonzero(fold == v)[0]), data.subset(np.nonzero(fold == k)[0])
-        model = build_unet(unet, pretrained=pretrained)
-        if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
-            from strokescan.models.classifier import load_classifier
-
-            model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
+        model = new_model()
         fold_dir = out_dir / f"fold{k}"
         model, summ = train_fold(model, train, val, cfg, fold_dir, desc=f"fold {k}")
         # baseline threshold from the training folds' hemorrhage slices
@@ -487,7 +504,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
                                   "n_train": len(train), "n_val": len(val), "n_test": len(test)}
         fsum = summarize(table, n_boot=n_boot)
         fsp = SegmenterPlan(unet=unet, slice_plan=plan, training={
-            "config": cfg.to_dict(), "pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
+            "config": cfg.to_dict(), **origin,
             "test_fold": k, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
             "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries[str(k)]},
             metrics={"held_out": json.loads(fsum.to_json(orient="records"))})
@@ -499,20 +516,15 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     if final:
         v = (test_folds[0] + 1) % n_folds
         train, val = data.subset(np.nonzero(fold != v)[0]), data.subset(np.nonzero(fold == v)[0])
-        model = build_unet(unet, pretrained=pretrained)
-        if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
-            from strokescan.models.classifier import load_classifier
-
-            model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
-        model, summ = train_fold(model, train, val, cfg, out_dir / "final", desc="final")
+        model, summ = train_fold(new_model(), train, val, cfg, out_dir / "final", desc="final")
         fold_summaries["final"] = {kk: vv for kk, vv in summ.items() if kk != "history"} | {"n_train": len(train)}
         save_segmenter(model, SegmenterPlan(unet=unet, slice_plan=plan, training={
-            "config": cfg.to_dict(), "pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
+            "config": cfg.to_dict(), **origin,
             "final_model": True, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
             "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries["final"]},
             metrics={"note": f"held-out figures of the fold models (test folds {list(test_folds)}), not of this model",
                      "held_out": json.loads(summary.to_json(orient="records"))}), out_dir / "model")
     extra = {"test_folds": list(test_folds), "folds": fold_summaries, "sources": counts.to_dict(orient="index"),
-             "config": cfg.to_dict(), "unet": unet.to_dict()}
+             "config": cfg.to_dict(), "unet": unet.to_dict(), **origin}
     write_report(summary, table, out_dir / "report", extra)
     return {"summary": summary, "table": table, "folds": fold_summaries, "model_dir": out_dir / "model"}
