@@ -10,7 +10,7 @@ from strokescan.errors import InputError
 from strokescan.io import load_scan
 from strokescan.preprocessing.intensity import clahe, normalize_zscore
 from strokescan.preprocessing.masking import head_masks, suppress_skull
-from strokescan.preprocessing.pipeline import SlicePlan, display_unit, prepare_slice
+from strokescan.preprocessing.pipeline import SlicePlan, display_unit, prepare_slice, prepare_slices
 from strokescan.preprocessing.windowing import apply_window, get_window, to_unit_range
 
 DATA = data_root()
@@ -82,3 +82,18 @@ def test_hu_and_8bit_inputs_give_comparable_model_inputs():
         blood_area[path] = (prep.channels[2] > 0.25).mean()
     # the blood channel lights up on the hemorrhage slices (HU and 8-bit alike) more than on a normal one
     assert min(blood_area[CTICH_BLEED], blood_area[CQ500_BLEED]) > 1.5 * blood_area[CTICH_NORMAL]
+
+
+def test_preparing_for_two_models_at_once_equals_preparing_for_each():
+    """The Predictor prepares each slice once for the classifier (224 px) and the U-Net (256 px)."""
+    from strokescan.config import SAMPLES_DIR
+
+    scan = load_scan(SAMPLES_DIR / "ctich_080_10.jpg")
+    plans = [SlicePlan(), SlicePlan(size=256)]
+    together = prepare_slices(scan.pixels[0], scan.is_hu, plans, rotation_deg=12.0)
+    for plan, got in zip(plans, together, strict=True):
+        alone = prepare_slice(scan.pixels[0], scan.is_hu, plan, rotation_deg=12.0)
+        assert got.channels.shape == (3, plan.size, plan.size)
+        assert np.array_equal(got.channels, alone.channels) and got.box == alone.box
+    wider = prepare_slices(scan.pixels[0], scan.is_hu, [SlicePlan(), SlicePlan(crop_margin=0.2)], 12.0)
+    assert wider[0].box != wider[1].box  # plans that differ beyond size are prepared separately

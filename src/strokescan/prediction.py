@@ -16,7 +16,7 @@ from strokescan.config import BUNDLED_MODELS_DIR
 from strokescan.evaluation.calibration import PlattCalibrator
 from strokescan.io import Scan, load_scan
 from strokescan.models.classifier import ClassifierPlan, load_classifier
-from strokescan.preprocessing.pipeline import prepare_slice
+from strokescan.preprocessing.pipeline import prepare_slices
 from strokescan.quantification import SeriesQuantification, slice_areas
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,9 @@ class Predictor:
         from strokescan.preprocessing.orientation import analysis_rotation
 
         angle = analysis_rotation(scan, self.plan.slice_plan.correct_rotation)
-        prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle) for i in range(scan.n_slices)]
+        plans = [self.plan.slice_plan] + ([self.segmenter.plan.slice_plan] if self.segmenter is not None else [])
+        both = [prepare_slices(scan.pixels[i], scan.is_hu, plans, angle) for i in range(scan.n_slices)]
+        prepared = [b[0] for b in both]
         x = torch.from_numpy(np.stack([p.channels for p in prepared]))
         logits = torch.cat([self.model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
         probs = self.calibrator(logits.numpy())
@@ -167,9 +169,7 @@ class Predictor:
         score = float(probs.max())
         masks = quantification = None
         if self.segmenter is not None:
-            if angle is None and scan.n_slices == 1:
-                angle = prepared[0].rotation_deg  # reuse the 2-D image's estimate
-            masks = self.segmenter.segment(scan, rotation_deg=angle)
+            masks = self.segmenter.segment(scan, prepared=[b[1] for b in both])
             quantification = self.segmenter.quantify(scan, masks)
             for s, m in zip(slices, masks):
                 s.lesions = slice_areas(m, scan.pixel_spacing_mm)

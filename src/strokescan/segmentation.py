@@ -25,7 +25,7 @@ from strokescan.config import BUNDLED_MODELS_DIR
 from strokescan.datasets.segmentation import from_model_frame
 from strokescan.io.scan import Scan
 from strokescan.models.unet import CLASSES, load_segmenter
-from strokescan.preprocessing.pipeline import display_unit, prepare_slice
+from strokescan.preprocessing.pipeline import PreparedSlice, display_unit, prepare_slice
 from strokescan.quantification import SeriesQuantification, quantify_series
 
 DEFAULT_SEGMENTER_DIR = BUNDLED_MODELS_DIR / "segmenter"
@@ -75,23 +75,28 @@ class Segmenter:
         return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch}
 
     @torch.no_grad()
-    def probabilities(self, scan: Scan, rotation_deg: float | None = None):
-        """(list of PreparedSlice, (n, C, S, S) float32 softmax in the model frame)."""
+    def probabilities(self, scan: Scan, rotation_deg: float | None = None,
+                      prepared: list[PreparedSlice] | None = None) -> tuple[list[PreparedSlice], np.ndarray]:
+        """(list of PreparedSlice, (n, C, S, S) float32 softmax in the model frame). ``prepared``: the slices
+        already prepared with this model's plan (the Predictor prepares once for both models)."""
         from strokescan.preprocessing.orientation import analysis_rotation
 
-        angle = rotation_deg if rotation_deg is not None else analysis_rotation(scan, self.plan.slice_plan.correct_rotation)
-        prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle) for i in range(scan.n_slices)]
+        if prepared is None:
+            angle = rotation_deg if rotation_deg is not None else analysis_rotation(scan, self.plan.slice_plan.correct_rotation)
+            prepared = [prepare_slice(scan.pixels[i], scan.is_hu, self.plan.slice_plan, angle)
+                        for i in range(scan.n_slices)]
         x = torch.from_numpy(np.stack([p.channels for p in prepared]))
         probs = [torch.softmax(self.model(x[i:i + self.batch_size]), 1) for i in range(0, len(x), self.batch_size)]
         return prepared, torch.cat(probs).numpy()
 
-    def segment(self, scan: Scan, rotation_deg: float | None = None) -> list[np.ndarray]:
+    def segment(self, scan: Scan, rotation_deg: float | None = None,
+                prepared: list[PreparedSlice] | None = None) -> list[np.ndarray]:
         """One ``(rows, cols)`` uint8 class-id mask per slice, on the scan's own pixel grid.
 
-        ``rotation_deg`` (counter-clockwise angle of the slices from upright) overrides the estimate, e.g. to
-        reuse the angle the Predictor already found.
+        ``rotation_deg`` (counter-clockwise angle of the slices from upright) overrides the estimate;
+        ``prepared`` (see :meth:`probabilities`) skips the preprocessing.
         """
-        prepared, probs = self.probabilities(scan, rotation_deg)
+        prepared, probs = self.probabilities(scan, rotation_deg, prepared)
         shape = scan.pixels.shape[1:]
         return [postprocess(from_model_frame(probs[i], p.box, p.rotation_deg, shape), scan.pixels[i], scan.is_hu,
                             self.plan.min_lesion_px) for i, p in enumerate(prepared)]

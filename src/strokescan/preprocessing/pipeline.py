@@ -7,7 +7,8 @@ range stretched), resize to a square. The parameters are a :class:`SlicePlan`, s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -63,6 +64,29 @@ def head_box(head: np.ndarray, margin: float) -> tuple[int, int, int, int]:
 
 def prepare_slice(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float | None = None) -> PreparedSlice:
     """Model input for one 2-D slice. ``rotation_deg`` None estimates it when the plan says so."""
+    return prepare_slices(pixels, is_hu, [plan], rotation_deg)[0]
+
+
+def prepare_slices(pixels: np.ndarray, is_hu: bool, plans: Sequence[SlicePlan],
+                   rotation_deg: float | None = None) -> list[PreparedSlice]:
+    """:func:`prepare_slice` for several models' plans at once (the classifier's and the U-Net's): windowing,
+    rotation and masks run once for plans that differ only in ``size``."""
+    full: dict[SlicePlan, tuple] = {}
+    out = []
+    for plan in plans:
+        key = replace(plan, size=0)
+        if key not in full:
+            full[key] = _full_resolution(pixels, is_hu, plan, rotation_deg)
+        stack, box, angle, brain_fraction = full[key]
+        resized = cv2.resize(stack, (plan.size, plan.size), interpolation=cv2.INTER_AREA)
+        out.append(PreparedSlice(channels=np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32),
+                                 box=box, rotation_deg=angle, brain_fraction=brain_fraction))
+    return out
+
+
+def _full_resolution(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float | None
+                     ) -> tuple[np.ndarray, tuple[int, int, int, int], float, float]:
+    """(cropped 3-channel stack before resizing, crop box, rotation applied, brain fraction)."""
     from strokescan.preprocessing import orientation
 
     unit = display_unit(pixels, is_hu)
@@ -78,10 +102,4 @@ def prepare_slice(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg
     blood = np.where(not_bone, np.clip((unit - plan.blood_low) / (plan.blood_high - plan.blood_low), 0, 1), 0.0)
     r0, c0, r1, c1 = head_box(masks.head, plan.crop_margin)
     stack = np.stack([unit, brain_only, blood], axis=-1)[r0:r1, c0:c1]
-    resized = cv2.resize(stack, (plan.size, plan.size), interpolation=cv2.INTER_AREA)
-    return PreparedSlice(
-        channels=np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32),
-        box=(int(r0), int(c0), int(r1), int(c1)),
-        rotation_deg=angle,
-        brain_fraction=float(masks.brain.mean()),
-    )
+    return stack, (int(r0), int(c0), int(r1), int(c1)), angle, float(masks.brain.mean())
