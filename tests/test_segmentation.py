@@ -17,7 +17,7 @@ from strokescan.datasets.segmentation import (
     from_model_frame,
     to_model_frame,
 )
-from strokescan.errors import ModelError
+from strokescan.errors import DataError, ModelError
 from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
 from strokescan.preprocessing.pipeline import SlicePlan
 from strokescan.quantification import abc2_ml, feret_diameters, quantify_series, slice_areas
@@ -336,6 +336,9 @@ def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "folds.json").write_text((tmp_path / "a" / "folds.json").read_text())
     zero = SegTrainConfig(**{**cfg.to_dict(), "max_epochs": 0})
+    with pytest.raises(DataError, match="leak"):  # another held-out fold: refused
+        run_training(tmp_path / "b", zero, test_folds=(1,), n_folds=3, limit_per_source=2,
+                     ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
     second = run_training(tmp_path / "b", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
                           ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
     again, plan2 = load_segmenter(second["model_dir"])

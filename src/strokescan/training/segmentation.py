@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
+from strokescan.errors import DataError
 from strokescan.datasets.segmentation import (N_CLASSES, SOURCE_LABELLED, decode_sample, to_model_frame,
                                                training_rotation)
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
@@ -415,6 +416,18 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
     return pd.concat(tables, ignore_index=True)
 
 
+def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
+    """A model to fine-tune must come from the same folds and held-out fold, or the held-out figures leak."""
+    from strokescan.datasets.splits import read_folds
+
+    source = Path(str(init_training.get("folds_file", "")))
+    same_folds = source.is_file() and read_folds(source)["folds"] == folds["folds"]
+    if not same_folds or list(test_folds) != [init_training.get("test_fold")]:
+        raise DataError(f"--init-model was trained with held-out fold {init_training.get('test_fold')} of "
+                        f"{source or 'unknown folds'}; this run holds out {list(test_folds)} of other or "
+                        "different folds: its held-out figures would leak")
+
+
 def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), unet=None, test_folds=(0,),
                  n_folds: int = 5, ctich_negatives_per_patient: int = 4, pretrained: bool = True,
                  classifier_dir: Path | None = None, init_model: Path | None = None,
@@ -472,6 +485,8 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     folds_path = out_dir / "folds.json"
     folds = json.loads(folds_path.read_text()) if folds_path.is_file() else make_source_folds(manifest, n_folds, cfg.seed)
     write_folds(folds, folds_path)
+    if init_model is not None:
+        _check_same_split(load_segmenter(init_model)[1].training, folds, test_folds)
     data = build_cache(manifest, plan)
     fold = data.rows["patient"].map(fold_of(folds)).to_numpy()
     counts = data.rows.groupby("source").agg(slices=("image_path", "size"), patients=("patient", "nunique"))
