@@ -18,7 +18,11 @@ from pathlib import Path
 import torch
 
 from strokescan.models.unet import UNetConfig, build_unet
-from strokescan.training.segmentation import SegTrainConfig, benchmark_step, run_training
+from strokescan.training.segmentation import (
+    SegTrainConfig,
+    benchmark_step,
+    run_training,
+)
 
 
 def main(argv=None) -> int:

@@ -32,9 +32,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
+from strokescan.datasets.segmentation import (
+    N_CLASSES,
+    SOURCE_LABELLED,
+    decode_sample,
+    to_model_frame,
+    training_rotation,
+)
 from strokescan.errors import DataError
-from strokescan.datasets.segmentation import (N_CLASSES, SOURCE_LABELLED, decode_sample, to_model_frame,
-                                               training_rotation)
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
 
 log = logging.getLogger(__name__)
@@ -443,12 +448,25 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     ``init_model`` starts every model from a saved segmenter (fine-tuning; with ``cfg.max_epochs == 0`` it only
     evaluates it). It must come from a run with the same folds and held-out fold, or the held-out figures leak.
     """
-    from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
+    from strokescan.datasets.segmentation import (
+        build_segmentation_manifest,
+        make_source_folds,
+    )
     from strokescan.datasets.splits import fold_of, write_folds
-    from strokescan.evaluation.segmentation import fit_threshold_baseline, summarize, write_report
+    from strokescan.evaluation.segmentation import (
+        fit_threshold_baseline,
+        summarize,
+        write_report,
+    )
     from strokescan.io import load_scan
-    from strokescan.models.unet import (SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, load_segmenter,
-                                        save_segmenter)
+    from strokescan.models.unet import (
+        SEG_INPUT_SIZE,
+        SegmenterPlan,
+        UNetConfig,
+        build_unet,
+        load_segmenter,
+        save_segmenter,
+    )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
