@@ -278,6 +278,28 @@ def test_threshold_baseline_finds_a_bright_blob_inside_the_brain():
     assert _dice(pred, blob) > 0.8
 
 
+def test_edema_baseline_finds_the_hypodense_rim_around_the_clot_and_its_fit_prefers_the_right_ring():
+    from strokescan.evaluation.segmentation import edema_baseline, fit_edema_baseline
+
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot(yy - 100, xx - 100)
+    img = np.where(r < 90, 255.0, 0.0)  # skull
+    img[r < 80] = 100.0  # brain
+    img += np.random.default_rng(0).normal(0, 4, img.shape) * (r < 80)
+    d = np.hypot(yy - 90, xx - 110)
+    rim = (d >= 12) & (d < 20)
+    img[rim] = 97.0  # edema: darker than the brain, brighter than CSF
+    img[d < 12] = 170.0  # clot
+    truth = np.where(rim, EDEMA, 0).astype(np.uint8)
+    pred = edema_baseline(img.astype(np.float32), False, k=2.0, lo=0.5, ring_px=10) == EDEMA
+    assert _dice(pred, rim) > 0.8
+    assert not pred[r > 60].any()  # nothing far from the clot
+    params, scores = fit_edema_baseline([img.astype(np.float32)], [truth], ks=(2.0,), los=(0.5,), rings=(2.0, 10.0))
+    assert params == {"k": 2.0, "lo": 0.5, "ring_px": 10.0} and len(scores) == 2
+    flat = np.where(r < 80, 100.0, 0.0)  # no clot, no edema
+    assert not edema_baseline(flat, False).any()
+
+
 def test_training_loop_learns_and_resumes(tmp_path):
     from strokescan.training.segmentation import SegArrays, SegTrainConfig, train_fold
 
@@ -331,6 +353,8 @@ def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_
                          ctich_negatives_per_patient=1, root=data_root, n_boot=5)
     report = (tmp_path / "a" / "report" / "report.md").read_text()
     assert "unet" in report and "| threshold |" in report
+    baseline_classes = set(first["summary"].query("method == 'threshold'")["class"])
+    assert {"hemorrhage", "edema"} <= baseline_classes and "infarct" not in baseline_classes
     model, plan = load_segmenter(first["model_dir"])
     assert plan.training["test_fold"] == 0 and plan.training["init_model"] == ""
     (tmp_path / "b").mkdir()

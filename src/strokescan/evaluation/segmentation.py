@@ -24,10 +24,17 @@ Baseline for hemorrhage (:func:`threshold_baseline`): pixels inside the (eroded)
 after a 3x3 median; images with HU: 50-90 HU; 8-bit images: value >= brain median + k * brain IQR (window-
 invariant; ``k`` chosen on the training folds by :func:`fit_threshold_baseline`) and below the bone
 threshold; components under ``min_px`` dropped.
+
+Baseline for perihematomal edema (:func:`edema_baseline`), the semi-automatic rule of Volbers et al. (Neurology
+2018; 5-33 HU around the hematoma): the largest blood component of :func:`threshold_baseline` is the clot;
+edema = hypodense pixels within ``ring_px`` of it inside the brain: 5-33 HU with HU, else between
+``median - 2 IQR`` and ``median - lo * IQR`` of the slice's brain. ``k``, ``lo`` and ``ring_px`` are chosen on
+the training folds by :func:`fit_edema_baseline`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -169,6 +176,59 @@ def threshold_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, min_px: 
         keep[0] = False
         blood = keep[labels]
     return blood.astype(np.uint8) * HEMORRHAGE
+
+
+def edema_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, lo: float = 0.5, ring_px: float = 20.0,
+                   min_px: int = 20, brain: np.ndarray | None = None) -> np.ndarray:
+    """Edema class-id mask (2 = edema) by a hypodense ring around the baseline's clot (see module doc)."""
+    from strokescan.preprocessing.masking import head_masks
+
+    if brain is None:
+        brain = head_masks(pixels, is_hu).brain
+    inner = ndi.binary_erosion(brain, iterations=2)
+    out = np.zeros(np.shape(pixels), np.uint8)
+    labels, n = ndi.label(threshold_baseline(pixels, is_hu, k=k, min_px=min_px, brain=brain) > 0, structure=_EIGHT)
+    if not n or not inner.any():
+        return out
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    clot = labels == sizes.argmax()
+    dist = ndi.distance_transform_edt(~clot)
+    img = ndi.median_filter(np.asarray(pixels, np.float32), size=3)
+    if is_hu:
+        hypodense = (img >= 5.0) & (img <= 33.0)
+    else:
+        q25, q50, q75 = np.percentile(img[inner], [25, 50, 75])
+        iqr = max(q75 - q25, 1.0)
+        hypodense = (img >= q50 - 2.0 * iqr) & (img <= q50 - lo * iqr)
+    edema = hypodense & inner & (dist > 0) & (dist <= ring_px)
+    labels, n = ndi.label(edema, structure=_EIGHT)
+    if n:
+        keep = np.bincount(labels.ravel()) >= min_px
+        keep[0] = False
+        edema = keep[labels]
+    out[edema] = EDEMA
+    return out
+
+
+def fit_edema_baseline(images: list[np.ndarray], truths: list[np.ndarray], ks=(1.0, 2.0, 3.0),
+                       los=(0.0, 0.5, 1.0), rings=(10.0, 20.0, 30.0)) -> tuple[dict, dict]:
+    """The (``k``, ``lo``, ``ring_px``) of the 8-bit edema rule with the best pooled edema Dice on the given
+    (training) slices, and every setting's score."""
+    from strokescan.preprocessing.masking import head_masks
+
+    brains = [head_masks(img, False).brain for img in images]
+    scores = {}
+    for k, lo, ring in itertools.product(ks, los, rings):
+        inter = tot = 0
+        for img, t, brain in zip(images, truths, brains):
+            p = edema_baseline(img, False, k=k, lo=lo, ring_px=ring, brain=brain) == EDEMA
+            tt = t == EDEMA
+            inter += int((p & tt).sum())
+            tot += int(p.sum() + tt.sum())
+        scores[f"k={k} lo={lo} ring_px={ring}"] = (2 * inter / tot if tot else 0.0, {"k": k, "lo": lo, "ring_px": ring})
+    best = max(scores, key=lambda name: scores[name][0])
+    return scores[best][1], {name: score for name, (score, _) in scores.items()}
 
 
 def fit_threshold_baseline(images: list[np.ndarray], truths: list[np.ndarray],

@@ -33,6 +33,9 @@ from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
 from strokescan.datasets.segmentation import (
+    EDEMA,
+    HEMORRHAGE,
+    INFARCT,
     N_CLASSES,
     SOURCE_LABELLED,
     decode_sample,
@@ -390,10 +393,12 @@ def epochs_hint(n_steps: int, seconds_per_step: float) -> str:
 # A whole run: data, folds, training, held-out evaluation with the baseline, model and report.
 
 
-def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | None, load=None) -> pd.DataFrame:
-    """Per-slice metrics of the model (and the threshold baseline for hemorrhage) in the input grid."""
+def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | None, load=None,
+                edema_params: dict | None = None) -> pd.DataFrame:
+    """Per-slice metrics of the model and of the threshold baselines in the input grid: blood with
+    ``baseline_k``, and perihematomal edema when ``edema_params`` (of :func:`edema_baseline`) are given."""
     from strokescan.datasets.segmentation import decode_sample, from_model_frame
-    from strokescan.evaluation.segmentation import evaluate_slices, threshold_baseline
+    from strokescan.evaluation.segmentation import edema_baseline, evaluate_slices, threshold_baseline
     from strokescan.io import load_scan
     from strokescan.models.unet import SegmenterPlan
     from strokescan.segmentation import postprocess
@@ -411,14 +416,32 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
         truths.append(ms.target)
         labelled.append(ms.labelled)
         if baseline_k is not None:
-            base.append(threshold_baseline(scan.pixels[0], scan.is_hu, k=baseline_k))
+            ids = threshold_baseline(scan.pixels[0], scan.is_hu, k=baseline_k)
+            if edema_params is not None:
+                ids[(ids == 0) & (edema_baseline(scan.pixels[0], scan.is_hu, **edema_params) > 0)] = EDEMA
+            base.append(ids)
     labelled = np.array(labelled)
     tables = [evaluate_slices(data.rows, preds, truths, labelled, "unet")]
     if baseline_k is not None:
         lab_h = labelled.copy()
-        lab_h[:, 2:] = False  # the baseline only segments blood
+        lab_h[:, INFARCT if edema_params is not None else EDEMA:] = False  # classes without a baseline
         tables.append(evaluate_slices(data.rows, base, truths, lab_h, "threshold"))
     return pd.concat(tables, ignore_index=True)
+
+
+def _training_slices_with(train: SegArrays, cls: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """8-bit input pixels and class-id truths of the training slices that label and contain ``cls``."""
+    from strokescan.io import load_scan
+
+    imgs, truths = [], []
+    for i in range(len(train)):
+        if train.labelled[i, cls] and (train.target[i] == cls).any():
+            row = train.rows.iloc[i]
+            scan = load_scan(row["image_path"])
+            if not scan.is_hu:
+                imgs.append(scan.pixels[0])
+                truths.append(decode_sample(row, shape=scan.pixels.shape[1:]).target)
+    return imgs, truths
 
 
 def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
@@ -454,11 +477,11 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     )
     from strokescan.datasets.splits import fold_of, write_folds
     from strokescan.evaluation.segmentation import (
+        fit_edema_baseline,
         fit_threshold_baseline,
         summarize,
         write_report,
     )
-    from strokescan.io import load_scan
     from strokescan.models.unet import (
         SEG_INPUT_SIZE,
         SegmenterPlan,
@@ -518,22 +541,18 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         model = new_model()
         fold_dir = out_dir / f"fold{k}"
         model, summ = train_fold(model, train, val, cfg, fold_dir, desc=f"fold {k}")
-        # baseline threshold from the training folds' hemorrhage slices
-        hem = [i for i in range(len(train)) if train.labelled[i, 1] and (train.target[i] == 1).any()]
-        imgs, truths = [], []
-        for i in hem:
-            row = train.rows.iloc[i]
-            scan = load_scan(row["image_path"])
-            if not scan.is_hu:
-                imgs.append(scan.pixels[0])
-                truths.append(decode_sample(row, shape=scan.pixels.shape[1:]).target)
+        # baseline settings from the training folds' 8-bit slices that contain the class
+        imgs, truths = _training_slices_with(train, HEMORRHAGE)
         bk, bk_scores = fit_threshold_baseline(imgs, truths) if imgs else (2.0, {})
-        table = evaluate_on(model, test, bk)
+        imgs, truths = _training_slices_with(train, EDEMA)
+        edema_params, edema_scores = fit_edema_baseline(imgs, truths) if imgs else ({}, {})
+        table = evaluate_on(model, test, bk, edema_params=edema_params)
         table["fold"] = k
         table.to_csv(fold_dir / "per_slice.csv", index=False)
         tables.append(table)
         fold_summaries[str(k)] = {**{kk: vv for kk, vv in summ.items() if kk != "history"},
                                   "baseline_k": bk, "baseline_fit_dice": bk_scores,
+                                  "edema_baseline": edema_params, "edema_baseline_fit_dice": edema_scores,
                                   "n_train": len(train), "n_val": len(val), "n_test": len(test)}
         fsum = summarize(table, n_boot=n_boot)
         fsp = SegmenterPlan(unet=unet, slice_plan=plan, training={
