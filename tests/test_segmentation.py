@@ -300,6 +300,28 @@ def test_edema_baseline_finds_the_hypodense_rim_around_the_clot_and_its_fit_pref
     assert not edema_baseline(flat, False).any()
 
 
+def test_compare_methods_pairs_the_same_slices_and_bounds_the_difference():
+    from strokescan.evaluation.segmentation import compare_methods, paired_markdown
+
+    rows = []
+    for i in range(12):
+        common = {"source": "phe-sich", "patient": f"p{i // 2}", "image_path": f"s{i}.png", "class": "edema"}
+        rows.append({**common, "method": "unet", "true_px": 50, "dice": 0.6})
+        rows.append({**common, "method": "threshold", "true_px": 50, "dice": 0.3 + 0.02 * (i % 3)})
+    empty = {"source": "phe-sich", "patient": "p0", "image_path": "empty.png", "class": "edema", "true_px": 0}
+    rows += [{**empty, "method": "unet", "dice": np.nan}, {**empty, "method": "threshold", "dice": 0.0}]
+    rows.append({"source": "aisd-mini", "patient": "a", "image_path": "a.png", "class": "infarct",
+                 "method": "unet", "true_px": 9, "dice": 0.5})  # no baseline for infarct: not paired
+    paired = compare_methods(pd.DataFrame(rows), n_boot=50)
+    assert set(paired["class"]) == {"edema"} and set(paired["source"]) == {"phe-sich", "all"}
+    row = paired[paired["source"] == "phe-sich"].iloc[0]
+    assert row["n_slices"] == 12 and row["n_patients"] == 6
+    assert row["dice_difference"] == pytest.approx(0.6 - 0.32)
+    lo, hi = row["difference_ci95"]
+    assert 0.25 <= lo <= row["dice_difference"] <= hi <= 0.31
+    assert "| phe-sich | edema | 12 | 6 |" in paired_markdown(paired)
+
+
 def test_training_loop_learns_and_resumes(tmp_path):
     from strokescan.training.segmentation import SegArrays, SegTrainConfig, train_fold
 

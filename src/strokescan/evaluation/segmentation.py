@@ -142,6 +142,26 @@ def summarize(table: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compare_methods(table: pd.DataFrame, method: str = "unet", baseline: str = "threshold",
+                    n_boot: int = 1000) -> pd.DataFrame:
+    """Paired ``method`` minus ``baseline`` Dice on the same slices that contain the class, per (source, class)
+    and over all sources, with a 95 % patient-bootstrap interval (an interval above 0 = clearly better)."""
+    keys = ["source", "patient", "image_path", "class"]
+    pos = table[table["true_px"] > 0]
+    pair = pos[pos["method"] == method].merge(pos[pos["method"] == baseline], on=keys, suffixes=("", "_base"))
+    if pair.empty:
+        return pd.DataFrame()
+    rows = []
+    for (source, cls), g in pd.concat([pair, pair.assign(source="all")]).groupby(["source", "class"], sort=True):
+        g = g.reset_index(drop=True)
+        boot = patient_bootstrap(g, lambda f: {"method": float(f["dice"].mean()), "baseline": float(f["dice_base"].mean()),
+                                               "difference": float((f["dice"] - f["dice_base"]).mean())}, n_boot=n_boot)
+        rows.append({"source": source, "class": cls, "n_slices": len(g), "n_patients": g["patient"].nunique(),
+                     **{f"dice_{k}": v["value"] for k, v in boot.items()},
+                     "difference_ci95": boot["difference"]["ci95"]})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Classical baseline
 
@@ -283,14 +303,32 @@ def report_markdown(summary: pd.DataFrame, title: str = "Segmentation evaluation
     return "\n".join(lines) + "\n"
 
 
-def write_report(summary: pd.DataFrame, table: pd.DataFrame, folder: Path | str, extra: dict | None = None) -> Path:
-    """``report.md``, ``summary.json`` and ``per_slice.csv`` in ``folder``."""
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """A markdown table of :func:`compare_methods` output."""
+    lines = ["## U-Net minus baseline, paired on the same slices containing the class", "",
+             "| dataset | class | slices | patients | U-Net Dice | baseline Dice | difference [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for d in paired.to_dict(orient="records"):
+        lines.append(f"| {d['source']} | {d['class']} | {d['n_slices']} | {d['n_patients']} | "
+                     f"{_fmt(d['dice_method'])} | {_fmt(d['dice_baseline'])} | "
+                     f"{_fmt(d['dice_difference'], d['difference_ci95'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(summary: pd.DataFrame, table: pd.DataFrame, folder: Path | str, extra: dict | None = None,
+                 paired: pd.DataFrame | None = None) -> Path:
+    """``report.md``, ``summary.json`` and ``per_slice.csv`` in ``folder`` (with ``paired``: the
+    :func:`compare_methods` table too)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "per_slice.csv", index=False)
-    payload = {"summary": json.loads(summary.to_json(orient="records")), **(extra or {})}
+    has_paired = paired is not None and not paired.empty
+    payload = {"summary": json.loads(summary.to_json(orient="records")),
+               **({"paired": json.loads(paired.to_json(orient="records"))} if has_paired else {}), **(extra or {})}
     (folder / "summary.json").write_text(json.dumps(payload, indent=1))
     md = report_markdown(summary)
+    if has_paired:
+        md += "\n" + paired_markdown(paired)
     if extra:
         md += "\n```json\n" + json.dumps(extra, indent=1, default=str) + "\n```\n"
     (folder / "report.md").write_text(md)

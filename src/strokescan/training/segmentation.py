@@ -477,6 +477,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     )
     from strokescan.datasets.splits import fold_of, write_folds
     from strokescan.evaluation.segmentation import (
+        compare_methods,
         fit_edema_baseline,
         fit_threshold_baseline,
         summarize,
@@ -578,5 +579,5 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
                      "held_out": json.loads(summary.to_json(orient="records"))}), out_dir / "model")
     extra = {"test_folds": list(test_folds), "folds": fold_summaries, "sources": counts.to_dict(orient="index"),
              "config": cfg.to_dict(), "unet": unet.to_dict(), **origin}
-    write_report(summary, table, out_dir / "report", extra)
+    write_report(summary, table, out_dir / "report", extra, paired=compare_methods(table, n_boot=n_boot))
     return {"summary": summary, "table": table, "folds": fold_summaries, "model_dir": out_dir / "model"}
