@@ -264,15 +264,22 @@ def test_slice_metrics_nan_when_both_empty_and_lesion_counts():
     assert m["dice"] == pytest.approx(2 * 12 / (16 + 32)) and m["area_err_px"] == 16
 
 
-def test_threshold_baseline_finds_a_bright_blob_inside_the_brain():
-    from strokescan.evaluation.segmentation import threshold_baseline
-
+def _synthetic_head() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An 8-bit-like 200 x 200 head (skull ring, noisy brain), its distance from the centre, and from a spot
+    at (90, 110) where the tests put a lesion."""
     yy, xx = np.mgrid[:200, :200]
     r = np.hypot(yy - 100, xx - 100)
     img = np.where(r < 90, 255.0, 0.0)  # skull
     img[r < 80] = 100.0  # brain
     img += np.random.default_rng(0).normal(0, 4, img.shape) * (r < 80)
-    blob = np.hypot(yy - 90, xx - 110) < 12
+    return img, r, np.hypot(yy - 90, xx - 110)
+
+
+def test_threshold_baseline_finds_a_bright_blob_inside_the_brain():
+    from strokescan.evaluation.segmentation import threshold_baseline
+
+    img, _, d = _synthetic_head()
+    blob = d < 12
     img[blob] = 170.0  # blood
     pred = threshold_baseline(img.astype(np.float32), False, k=2.0) == HEMORRHAGE
     assert _dice(pred, blob) > 0.8
@@ -281,12 +288,7 @@ def test_threshold_baseline_finds_a_bright_blob_inside_the_brain():
 def test_edema_baseline_finds_the_hypodense_rim_around_the_clot_and_its_fit_prefers_the_right_ring():
     from strokescan.evaluation.segmentation import edema_baseline, fit_edema_baseline
 
-    yy, xx = np.mgrid[:200, :200]
-    r = np.hypot(yy - 100, xx - 100)
-    img = np.where(r < 90, 255.0, 0.0)  # skull
-    img[r < 80] = 100.0  # brain
-    img += np.random.default_rng(0).normal(0, 4, img.shape) * (r < 80)
-    d = np.hypot(yy - 90, xx - 110)
+    img, r, d = _synthetic_head()
     rim = (d >= 12) & (d < 20)
     img[rim] = 97.0  # edema: darker than the brain, brighter than CSF
     img[d < 12] = 170.0  # clot
