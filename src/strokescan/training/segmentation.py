@@ -546,7 +546,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         imgs, truths = _training_slices_with(train, HEMORRHAGE)
         bk, bk_scores = fit_threshold_baseline(imgs, truths) if imgs else (2.0, {})
         imgs, truths = _training_slices_with(train, EDEMA)
-        edema_params, edema_scores = fit_edema_baseline(imgs, truths) if imgs else ({}, {})
+        edema_params, edema_scores = fit_edema_baseline(imgs, truths) if imgs else (None, {})
         table = evaluate_on(model, test, bk, edema_params=edema_params)
         table["fold"] = k
         table.to_csv(fold_dir / "per_slice.csv", index=False)
