@@ -5,6 +5,11 @@
 Writes ``<out>/model`` (segmenter.pt + segmenter.json; copy it to src/strokescan/resources/models/segmenter
 to bundle it), ``<out>/report/report.md`` (per dataset, per class, U-Net next to the threshold baseline),
 ``<out>/train.log`` and per-fold checkpoints (rerun the same command to resume). See docs/segmentation.md.
+
+With the full public sets unpacked somewhere, add them (each replaces the mini set cut from it):
+
+    .venv/bin/python scripts/train_segmentation.py --out runs/seg_full --public bhsd=/data/BHSD/label_192 \
+        --public aisd=/data/AISD --public ctich-nifti=/data/ct-ich-1.3.1 --public teknofest=/data/TEKNOFEST
 """
 
 from __future__ import annotations
@@ -17,12 +22,21 @@ from pathlib import Path
 
 import torch
 
+from strokescan.datasets.segmentation import PUBLIC_LABELLED
+from strokescan.errors import StrokescanError
 from strokescan.models.unet import UNetConfig, build_unet
 from strokescan.training.segmentation import (
     SegTrainConfig,
     benchmark_step,
     run_training,
 )
+
+
+def _public_set(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or name not in PUBLIC_LABELLED or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FOLDER with NAME one of {', '.join(PUBLIC_LABELLED)}")
+    return name, Path(folder)
 
 
 def main(argv=None) -> int:
@@ -45,7 +59,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 2 only when nothing else runs (2 threads on busy cores: 17 s/step)")
-    ap.add_argument("--ctich-negatives", type=int, default=4, help="ctich-kaggle label-0 slices per patient")
+    ap.add_argument("--ctich-negatives", type=int, default=4,
+                    help="lesion-free slices per patient of ctich-kaggle and of each full public set")
+    ap.add_argument("--public", type=_public_set, action="append", default=[], metavar="NAME=FOLDER",
+                    help=f"add a full public set ({', '.join(PUBLIC_LABELLED)}) unpacked in FOLDER; repeatable")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--final", action="store_true",
                     help="after the held-out evaluation, train the deployable model on all folds but the early-"
@@ -69,11 +86,15 @@ def main(argv=None) -> int:
         cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads)
         limit = 6
     t0 = time.time()
-    res = run_training(a.out, cfg, unet=unet, test_folds=tuple(int(k) for k in a.test_folds.split(",")),
-                       n_folds=a.n_folds, ctich_negatives_per_patient=a.ctich_negatives,
-                       pretrained=not a.no_pretrained, classifier_dir=a.classifier_dir,
-                       init_model=a.init_model, limit_per_source=limit,
-                       n_boot=50 if a.smoke else a.bootstrap, final=a.final)
+    try:
+        res = run_training(a.out, cfg, unet=unet, test_folds=tuple(int(k) for k in a.test_folds.split(",")),
+                           n_folds=a.n_folds, ctich_negatives_per_patient=a.ctich_negatives,
+                           pretrained=not a.no_pretrained, classifier_dir=a.classifier_dir,
+                           init_model=a.init_model, limit_per_source=limit,
+                           n_boot=50 if a.smoke else a.bootstrap, final=a.final, public=dict(a.public))
+    except StrokescanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     s = res["summary"]
     cols = ["method", "source", "class", "n_slices", "n_slices_with_class", "dice_pos", "dice_all", "fp_slice_rate"]
     print(s[cols].to_string(index=False) if len(s) else "no evaluation rows")

@@ -394,3 +394,125 @@ def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
     cols = ["method", "source", "class", "n_slices"]  # the same held-out slices, scored again
     assert second["summary"][cols].equals(first["summary"][cols])
+
+
+# --- the full public sets in the segmentation manifest (layouts that mimic them) ---------------------------
+
+
+def _hu_head_volume(lesion_slices: tuple[int, ...], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A (x, y, z) HU volume of synthetic heads (air, skull, brain) with a 70-HU clot off centre on
+    ``lesion_slices``, and its BHSD-style mask (2 = intraparenchymal)."""
+    img, r, d = _synthetic_head()
+    head = np.where(r < 90, 1000.0, -1000.0)
+    head[r < 80] = 35.0
+    vol = np.repeat(head[..., None], n, axis=2).astype(np.int16)
+    mask = np.zeros(vol.shape, np.uint8)
+    for k in lesion_slices:
+        vol[..., k][d < 12] = 70
+        mask[..., k][d < 12] = 2
+    return vol, mask
+
+
+def _save_nii(path, data, affine):
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def test_full_bhsd_volumes_become_slice_rows_whose_masks_lie_on_their_pixels(tmp_path, data_root):
+    """Volume rows expand to lesion slices + sampled lesion-free ones; bhsd-mini is replaced; image and mask of
+    a flipped (LPS-like) affine come back in one grid, so the clot label sits on the clot's pixels."""
+    from strokescan.datasets.segmentation import build_segmentation_manifest, row_slice
+    from strokescan.training.segmentation import prepare_sample
+
+    flipped = np.diag([-0.5, -0.5, 5.0, 1.0])
+    vol, mask = _hu_head_volume((2, 3))
+    _save_nii(tmp_path / "images" / "ID_a.nii.gz", vol, flipped)
+    _save_nii(tmp_path / "ground truths" / "ID_a.nii.gz", mask, flipped)
+    vol_b, mask_b = _hu_head_volume(())
+    _save_nii(tmp_path / "images" / "ID_b.nii.gz", vol_b, flipped)
+    _save_nii(tmp_path / "ground truths" / "ID_b.nii.gz", mask_b, flipped)
+    m = build_segmentation_manifest(data_root, sources=("bhsd-mini",), ctich_negatives_per_patient=1,
+                                    public={"bhsd": tmp_path})
+    assert set(m["source"]) == {"bhsd"}  # the mini set cut from BHSD is replaced
+    by_patient = m.groupby("patient")["label"].agg(list).to_dict()
+    assert sorted(by_patient["bhsd:ID_a"]) == [0, 1, 1] and by_patient["bhsd:ID_b"] == [0]
+    for _, row in m[m["label"] == 1].iterrows():
+        pixels, is_hu = row_slice(row)
+        ms = decode_sample(row)
+        clot = (pixels > 60) & (pixels < 100)
+        assert is_hu and ms.labelled.tolist() == [True, True, False, True]
+        assert _dice(ms.target == HEMORRHAGE, clot) == 1.0
+        img, target, unknown, _, _ = prepare_sample(row, SlicePlan(size=64), 0.0)
+        assert (target == HEMORRHAGE).sum() > 10 and not unknown[target > 0].any()
+    bad = tmp_path / "ground truths" / "ID_b.nii.gz"
+    _save_nii(bad, mask_b[:, :, :4], flipped)
+    with pytest.raises(DataError, match="does not match"):
+        build_segmentation_manifest(data_root, sources=(), public={"bhsd": tmp_path})
+    with pytest.raises(DataError, match="not a segmentation set"):
+        build_segmentation_manifest(data_root, sources=(), public={"rsna-ich": tmp_path})
+
+
+def test_ctich_nifti_shares_ctich_kaggle_patients_and_their_folds(tmp_path, data_root):
+    from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
+
+    eye = np.diag([0.5, 0.5, 5.0, 1.0])
+    rows = ["PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,Epidural,Subdural,No_Hemorrhage"]
+    for p in (50, 51, 52):  # (49 has no slice labels in ctich-kaggle, so no lesion-free rows there)
+        vol, mask = _hu_head_volume((3,) if p == 50 else ())
+        _save_nii(tmp_path / "ct_scans" / f"{p:03d}.nii", vol, eye)
+        _save_nii(tmp_path / "masks" / f"{p:03d}.nii", (mask > 0).astype(np.uint8), eye)
+        rows += [f"{p},{s},0,0,0,0,0,1" for s in range(1, 7)]
+    (tmp_path / "hemorrhage_diagnosis_raw_ct.csv").write_text("\n".join(rows) + "\n")
+    m = build_segmentation_manifest(data_root, sources=("ctich-kaggle",), public={"ctich-nifti": tmp_path})
+    nifti = m[m["source"] == "ctich-nifti"]
+    assert set(nifti["patient"]) == {"ctich-kaggle:50", "ctich-kaggle:51", "ctich-kaggle:52"}
+    assert set(nifti["patient"]) <= set(m.loc[m["source"] == "ctich-kaggle", "patient"])
+    assert nifti.loc[nifti["label"] == 1, "frame"].tolist() == [3]
+    folds = make_source_folds(m, n_folds=5)["folds"]
+    placed = [p for ps in folds.values() for p in ps]
+    assert len(placed) == len(set(placed)) == m["patient"].nunique()  # each person in exactly one fold
+
+
+def test_teknofest_rows_label_by_class_folder(tmp_path, data_root):
+    from PIL import Image
+
+    from strokescan.datasets.segmentation import build_segmentation_manifest
+
+    def png(path, arr):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path)
+
+    blank, spot = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    spot[4:8, 4:8] = 255
+    for cls, stem in (("INMEYOK", "1"), ("ISKEMI", "2"), ("KANAMA", "3")):
+        png(tmp_path / "TRAINING" / cls / "PNG" / f"{stem}.png", blank + 80)
+        if cls != "INMEYOK":
+            png(tmp_path / "TRAINING" / cls / "MASK" / f"{stem}.png", spot)
+    m = build_segmentation_manifest(data_root, sources=(), public={"teknofest": tmp_path}).set_index("source_patient")
+    expect = {"1": (None, [True, True, True, True]), "2": (INFARCT, [True, False, False, True]),
+              "3": (HEMORRHAGE, [True, True, False, False])}
+    for stem, (cls, labelled) in expect.items():
+        ms = decode_sample(m.loc[stem], shape=(16, 16))
+        assert ms.labelled.tolist() == labelled
+        assert (ms.target > 0).sum() == (0 if cls is None else 16) and set(np.unique(ms.target)) <= {0, cls or 0}
+    (tmp_path / "TRAINING" / "KANAMA" / "MASK" / "3.png").unlink()
+    with pytest.raises(DataError, match="without a mask"):
+        build_segmentation_manifest(data_root, sources=(), public={"teknofest": tmp_path})
+
+
+def test_train_script_refuses_a_bad_public_set_in_one_line(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_segmentation", Path(__file__).parents[1] / "scripts" /
+                                                  "train_segmentation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--out", str(tmp_path / "a"), "--public", "rsna-ich=/x"])
+    assert exc.value.code == 2 and "NAME=FOLDER" in capsys.readouterr().err
+    assert script.main(["--out", str(tmp_path / "b"), "--public", f"bhsd={tmp_path / 'missing'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "missing" in err and len(err.splitlines()) == 1

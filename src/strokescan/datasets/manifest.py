@@ -63,6 +63,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "orientation_note",
     "label_note",
     "n_files",  # series rows: number of DICOM files
+    "frame",  # Int64 index of the slice inside a multi-slice file (a volume expanded per slice), NA otherwise
 )
 
 MASK_MEANINGS: dict[str, str] = {
@@ -128,7 +129,8 @@ def finalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
     df["source_patient"] = df["source_patient"].astype(str)
     for col in ("slice_index", "label", *LABEL_COLUMNS):
         df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
-    df["n_files"] = pd.array(pd.to_numeric(df["n_files"], errors="coerce"), dtype="Int64")
+    for col in ("n_files", "frame"):
+        df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
     df["augmented"] = df["augmented"].fillna(False).astype(bool)
     df["modality"] = df["modality"].fillna("CT")
     for col in ("mask_path", "mask_meaning", "folder_label", "boxes", "orientation_note", "label_note"):

@@ -34,12 +34,35 @@ ctich-kaggle       label-0 slices only (radiologist slice label: no hemorrhage),
 =================  ==========================================================================================
 
 ``head-ct-dicom`` has no masks and is not used here.
+
+A user who has the full public sets adds them with ``public={"bhsd": folder, ...}`` (loaders in
+:mod:`strokescan.datasets.public`); each replaces the mini set cut from it (same volumes: kept together they
+would leak across folds):
+
+=================  ==========================================================================================
+full set           labelled ; rows
+=================  ==========================================================================================
+bhsd               as bhsd-mini (NIfTI masks 1-5 = hemorrhage) ; every lesion slice of each volume plus up to
+                   ``negatives_per_patient`` lesion-free middle slices ; replaces bhsd-mini
+ctich-nifti        hemorrhage (mask > 0), infarct absent (trauma cohort), edema unknown (contusions carry
+                   edema nobody outlined) ; rows as bhsd ; patient ids are ctich-kaggle's (the same 82 people),
+                   so both sets put a patient in the same fold
+aisd               as aisd-mini ; lesion slices plus sampled lesion-free slices per patient ; replaces
+                   aisd-mini and realtime-mini (whose originals are likely AISD)
+teknofest          per row, by class folder: KANAMA hemorrhage (mask > 0), ISKEMI infarct (mask > 0),
+                   INMEYOK every class absent ; each image its own group (the release has no patient ids)
+=================  ==========================================================================================
+
+Volume rows are expanded per slice: ``frame`` is the slice's index in the volume as the reader orients it
+(:func:`strokescan.io.nifti.read_nifti`: inferior first), and image and mask are read through that same reader,
+so they share one grid whatever the file's affine.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -66,10 +89,46 @@ SOURCE_LABELLED: dict[str, tuple[int, ...]] = {
 }
 SEG_SOURCES: tuple[str, ...] = tuple(SOURCE_LABELLED)
 
+#: The full public sets (``public=`` of :func:`build_segmentation_manifest`): classes labelled (teknofest: per
+#: row, see :func:`_teknofest_rows`) and the mini sets each replaces.
+PUBLIC_LABELLED: dict[str, tuple[int, ...]] = {
+    "bhsd": (HEMORRHAGE, INFARCT),
+    "ctich-nifti": (HEMORRHAGE, INFARCT),
+    "aisd": (INFARCT,),
+    "teknofest": (),
+}
+PUBLIC_REPLACES: dict[str, tuple[str, ...]] = {"bhsd": ("bhsd-mini",), "aisd": ("aisd-mini", "realtime-mini")}
+TEKNOFEST_LABELLED = {"hemorrhage": (HEMORRHAGE,), "ischemic": (INFARCT,), "none": (HEMORRHAGE, EDEMA, INFARCT)}
+
 PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, dilated, may hold clot
 
 
-def _read(path: str | Path) -> np.ndarray:
+@lru_cache(maxsize=4)
+def _scan(path: str):
+    """The :class:`~strokescan.io.scan.Scan` of ``path``; the last few are kept, as a volume's slices come in a row."""
+    from strokescan.io import load_scan
+
+    return load_scan(path)
+
+
+def _frame(row) -> int:
+    frame = row.get("frame")
+    return 0 if frame is None or pd.isna(frame) else int(frame)
+
+
+def row_slice(row, load=None) -> tuple[np.ndarray, bool]:
+    """The 2-D pixels (input grid) of one manifest row, and whether they are Hounsfield units."""
+    scan = load(row["image_path"]) if load is not None else _scan(str(row["image_path"]))
+    return scan.pixels[_frame(row)], bool(scan.is_hu)
+
+
+def _is_nifti(path: str) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def _read(path: str | Path, frame: int = 0) -> np.ndarray:
+    if _is_nifti(str(path)):
+        return _scan(str(path)).pixels[frame]
     try:
         with Image.open(path) as im:
             return np.asarray(im)
@@ -126,8 +185,19 @@ def decode_phe(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _any_label(cls: int):
+    def decode(a: np.ndarray) -> np.ndarray:
+        out = np.zeros(a.shape[:2], np.uint8)
+        out[(a if a.ndim == 2 else _rgb(a).max(axis=-1)) > 0] = cls
+        return out
+
+    decode.__doc__ = f"Any non-zero label = class {cls}."
+    return decode
+
+
 DECODERS = {"bhsd": decode_bhsd, "aisd": decode_aisd, "cpaisd": decode_cpaisd, "realtime": decode_realtime,
-            "phe-sich": decode_phe}
+            "phe-sich": decode_phe, "bhsd-nifti": _any_label(HEMORRHAGE), "ctich-nifti": _any_label(HEMORRHAGE),
+            "teknofest-hemorrhage": _any_label(HEMORRHAGE), "teknofest-infarct": _any_label(INFARCT)}
 
 
 def mask_kind(mask_meaning: str | None) -> str | None:
@@ -158,22 +228,33 @@ class MaskSample:
     labelled: np.ndarray  # (4,) bool: class labelled everywhere on this slice (index 0 always True)
 
 
+def _labelled_classes(row) -> set[int]:
+    """The classes a row labels: its ``labelled_classes`` ("1,3") when set, else its source's."""
+    given = row.get("labelled_classes")
+    if given is not None and not (isinstance(given, float) and np.isnan(given)) and str(given).strip():
+        return {int(float(c)) for c in str(given).split(",")}
+    source = row["source"]
+    if source not in SOURCE_LABELLED:
+        raise DataError(f"{source}: not a segmentation source")
+    return set(SOURCE_LABELLED[source])
+
+
 def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
     """Labels of one segmentation-manifest row (see module doc). ``shape`` is needed for rows without a mask."""
     source = row["source"]
-    if source not in SOURCE_LABELLED:
+    if source not in SOURCE_LABELLED and source not in PUBLIC_LABELLED:
         raise DataError(f"{source}: not a segmentation source")
     kind = mask_kind(row.get("mask_meaning"))
     mask_path = row.get("mask_path")
     if mask_path is not None and isinstance(mask_path, str) and kind:
         if kind not in DECODERS:
             raise DataError(f"{mask_path}: no decoder for mask kind {kind!r}")
-        target = DECODERS[kind](_read(mask_path))
+        target = DECODERS[kind](_read(mask_path, _frame(row)))
     else:
         if shape is None:
             raise DataError(f"{row.get('image_path')}: row has no mask and no shape was given")
         target = np.zeros(shape, np.uint8)
-    labelled_classes = set(SOURCE_LABELLED[source])
+    labelled_classes = _labelled_classes(row)
     # A source's decoder may find a class it does not label (realtime red): keep only labelled classes.
     for c in (HEMORRHAGE, EDEMA, INFARCT):
         if c not in labelled_classes:
@@ -194,7 +275,7 @@ def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
     return MaskSample(target=target, unknown=unknown, labelled=labelled)
 
 
-def _sample_ctich_negatives(m: pd.DataFrame, per_patient: int, seed: int) -> pd.DataFrame:
+def _lesion_free_sample(m: pd.DataFrame, per_patient: int, seed: int) -> pd.DataFrame:
     """Up to ``per_patient`` label-0 slices per patient, from the middle 20-85 % of its slice range."""
     neg = m[(m["label"] == 0)].copy()
     rng = np.random.default_rng(seed)
@@ -209,9 +290,68 @@ def _sample_ctich_negatives(m: pd.DataFrame, per_patient: int, seed: int) -> pd.
     return m.loc[sorted(keep)]
 
 
+def _volume_slices(m: pd.DataFrame) -> pd.DataFrame:
+    """One row per slice of every volume row with a mask; ``label`` = the slice's mask holds a lesion."""
+    import nibabel as nib
+
+    rows = []
+    for r in m[m["mask_path"].notna()].drop_duplicates("image_path").to_dict("records"):
+        shapes = [tuple(nib.load(r[k]).shape[:3]) for k in ("image_path", "mask_path")]
+        if shapes[0] != shapes[1]:
+            raise DataError(f"{r['mask_path']}: mask {shapes[1]} does not match its volume {shapes[0]}")
+        lesion = _scan(r["mask_path"]).pixels.reshape(shapes[1][2], -1).max(axis=1) > 0
+        for k, hit in enumerate(lesion):
+            rows.append({**r, "frame": k, "slice_index": k, "label": int(hit), "hemorrhage": int(hit),
+                         "label_note": "slice of a volume; label = its mask holds a lesion"})
+    if not rows:
+        raise DataError("no volume with a mask")
+    out = pd.DataFrame(rows)
+    for col in ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "fracture"):
+        out[col] = pd.NA  # volume- or differently-indexed labels: not this slice's
+    return out
+
+
+def _teknofest_rows(m: pd.DataFrame) -> pd.DataFrame:
+    """TEKNOFEST rows with their per-row labelled classes and mask kind (by class folder)."""
+    m = m.copy()
+    cls = np.where(m["hemorrhage"] == 1, "hemorrhage", np.where(m["ischemic"] == 1, "ischemic", "none"))
+    stroke = cls != "none"
+    if m.loc[stroke, "mask_path"].isna().any():
+        missing = m.loc[stroke & m["mask_path"].isna(), "image_path"].iloc[0]
+        raise DataError(f"{missing}: stroke image without a mask (MASK/<same stem>.png)")
+    m["labelled_classes"] = [",".join(map(str, TEKNOFEST_LABELLED[c])) for c in cls]
+    m["mask_meaning"] = [{"hemorrhage": "teknofest-hemorrhage: >0 hemorrhage",
+                          "ischemic": "teknofest-infarct: >0 infarct"}.get(c) for c in cls]
+    m.loc[~stroke, "mask_path"] = None
+    return m
+
+
+def _public_rows(name: str, folder, negatives_per_patient: int, seed: int) -> pd.DataFrame:
+    """The segmentation rows of one full public set (see the module doc)."""
+    from strokescan.datasets.manifest import finalize
+    from strokescan.datasets.public import PUBLIC_LOADERS
+
+    if name not in PUBLIC_LABELLED:
+        raise DataError(f"{name}: not a segmentation set (choose from {', '.join(PUBLIC_LABELLED)})")
+    m = PUBLIC_LOADERS[name](folder)
+    if name in ("bhsd", "ctich-nifti"):
+        m = finalize(_volume_slices(m), name)
+    if name == "ctich-nifti":  # the same people as ctich-kaggle: one id, so one fold
+        m["patient"] = [f"ctich-kaggle:{int(p)}" for p in m["source_patient"]]
+    if name == "teknofest":
+        return _teknofest_rows(m)
+    m = m[m["mask_path"].notna()]
+    return pd.concat([m[m["label"] == 1], _lesion_free_sample(m, negatives_per_patient, seed)])
+
+
 def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCES, ctich_negatives_per_patient: int = 4,
-                                seed: int = SEED) -> pd.DataFrame:
-    """The rows used for segmentation (manifest columns plus ``labelled_classes``), augmented rows dropped."""
+                                seed: int = SEED, public: dict | None = None) -> pd.DataFrame:
+    """The rows used for segmentation (manifest columns plus ``labelled_classes``), augmented rows dropped.
+
+    ``public`` maps full public sets (:data:`PUBLIC_LABELLED`) to the folders where they were unpacked; each
+    replaces the mini sets cut from it, and contributes its lesion slices plus up to
+    ``ctich_negatives_per_patient`` lesion-free slices per patient.
+    """
     from strokescan.datasets import local
 
     loaders = {
@@ -219,17 +359,24 @@ def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCE
         "cpaisd-mini": local.load_cpaisd_mini, "realtime-mini": local.load_realtime_mini,
         "ctich-kaggle": local.load_ctich_kaggle,
     }
+    public = dict(public or {})
+    replaced = {mini for name in public for mini in PUBLIC_REPLACES.get(name, ())}
     frames = []
     for s in sources:
         if s not in loaders:
             raise DataError(f"{s}: not a segmentation source (choose from {', '.join(loaders)})")
+        if s in replaced:
+            continue
         m = loaders[s](root)
         m = m[~m["augmented"]]
         if s == "ctich-kaggle":
-            m = _sample_ctich_negatives(m, ctich_negatives_per_patient, seed)
+            m = _lesion_free_sample(m, ctich_negatives_per_patient, seed)
         frames.append(m)
+    frames += [_public_rows(name, folder, ctich_negatives_per_patient, seed) for name, folder in sorted(public.items())]
     out = pd.concat(frames, ignore_index=True)
-    out["labelled_classes"] = out["source"].map(lambda s: ",".join(str(c) for c in SOURCE_LABELLED[s]))
+    default = out["source"].map(lambda s: ",".join(str(c) for c in SOURCE_LABELLED.get(s, PUBLIC_LABELLED.get(s, ()))))
+    given = out["labelled_classes"] if "labelled_classes" in out else pd.Series(None, index=out.index, dtype=object)
+    out["labelled_classes"] = given.where(given.notna(), default)
     return out
 
 
@@ -238,12 +385,14 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
 
     Sources with at least ``n_folds`` patients use :func:`strokescan.datasets.splits.make_patient_folds`
     (stratified on ``label``); smaller ones (realtime-mini: 3 patients) are dealt round-robin after a seeded
-    shuffle. Returns the folds dict of :mod:`strokescan.datasets.splits`.
+    shuffle. A source whose patient ids are another's (ctich-nifti uses ctich-kaggle's) is split with it, so a
+    patient lands in one fold. Returns the folds dict of :mod:`strokescan.datasets.splits`.
     """
     from strokescan.datasets.splits import make_patient_folds
 
     folds: dict[str, list[str]] = {str(k): [] for k in range(n_folds)}
-    for i, (src, g) in enumerate(manifest.groupby("source", sort=True)):
+    group = manifest["patient"].str.split(":").str[0]  # the source, or the set whose ids a source shares
+    for i, (src, g) in enumerate(manifest.groupby(group, sort=True)):
         pats = sorted(g["patient"].unique())
         if len(pats) >= n_folds:
             f = make_patient_folds(g, n_folds=n_folds, seed=seed, label_col="label")["folds"]

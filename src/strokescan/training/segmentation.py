@@ -37,8 +37,10 @@ from strokescan.datasets.segmentation import (
     HEMORRHAGE,
     INFARCT,
     N_CLASSES,
+    PUBLIC_LABELLED,
     SOURCE_LABELLED,
     decode_sample,
+    row_slice,
     to_model_frame,
     training_rotation,
 )
@@ -79,16 +81,16 @@ def _cache_key(manifest: pd.DataFrame, plan: SlicePlan) -> str:
                         sort_keys=True).encode())
     for r in manifest[["image_path", "mask_path", "boxes", "source"]].astype(str).itertuples(index=False):
         h.update("|".join(str(v) for v in r).encode())
+    extra = [c for c in ("frame", "labelled_classes") if c in manifest and manifest["source"].isin(PUBLIC_LABELLED).any()]
+    if extra:  # rows of the full public sets (volume slices, per-row labels); the mini sets' key is unchanged
+        h.update(manifest[extra].astype(str).to_csv(index=False).encode())
     return h.hexdigest()[:16]
 
 
 def prepare_sample(row, plan: SlicePlan, rotation_deg: float, load=None):
     """(channels uint8, target, unknown, labelled, meta) of one manifest row in the model frame."""
-    from strokescan.io import load_scan
-
-    scan = (load or load_scan)(row["image_path"])
-    pixels = scan.pixels[0]
-    prep = prepare_slice(pixels, scan.is_hu, plan, rotation_deg=float(rotation_deg))
+    pixels, is_hu = row_slice(row, load)
+    prep = prepare_slice(pixels, is_hu, plan, rotation_deg=float(rotation_deg))
     ms = decode_sample(row, shape=pixels.shape)
     if ms.target.shape != pixels.shape:
         raise ValueError(f"{row['mask_path']}: mask {ms.target.shape} does not match image {pixels.shape}")
@@ -97,7 +99,7 @@ def prepare_sample(row, plan: SlicePlan, rotation_deg: float, load=None):
     unknown[target > 0] = 0
     img = np.clip(np.round(prep.channels * 255.0), 0, 255).astype(np.uint8)
     meta = {"box": json.dumps(list(prep.box)), "rotation_deg": prep.rotation_deg, "rows": pixels.shape[0],
-            "cols": pixels.shape[1], "is_hu": bool(scan.is_hu)}
+            "cols": pixels.shape[1], "is_hu": is_hu}
     return img, target, unknown, ms.labelled, meta
 
 
@@ -397,9 +399,8 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
                 edema_params: dict | None = None) -> pd.DataFrame:
     """Per-slice metrics of the model and of the threshold baselines in the input grid: blood with
     ``baseline_k``, and perihematomal edema when ``edema_params`` (of :func:`edema_baseline`) are given."""
-    from strokescan.datasets.segmentation import decode_sample, from_model_frame
+    from strokescan.datasets.segmentation import from_model_frame
     from strokescan.evaluation.segmentation import edema_baseline, evaluate_slices, threshold_baseline
-    from strokescan.io import load_scan
     from strokescan.models.unet import SegmenterPlan
     from strokescan.segmentation import postprocess
 
@@ -410,15 +411,15 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
         shape = (int(row["rows"]), int(row["cols"]))
         ms = decode_sample(row, shape=shape)
         box = tuple(json.loads(row["box"]))
-        scan = (load or load_scan)(row["image_path"])
+        pixels, is_hu = row_slice(row, load)
         ids = from_model_frame(probs[i].astype(np.float32), box, float(row["rotation_deg"]), shape)
-        preds.append(postprocess(ids, scan.pixels[0], scan.is_hu, min_px))
+        preds.append(postprocess(ids, pixels, is_hu, min_px))
         truths.append(ms.target)
         labelled.append(ms.labelled)
         if baseline_k is not None:
-            ids = threshold_baseline(scan.pixels[0], scan.is_hu, k=baseline_k)
+            ids = threshold_baseline(pixels, is_hu, k=baseline_k)
             if edema_params is not None:
-                ids[(ids == 0) & (edema_baseline(scan.pixels[0], scan.is_hu, **edema_params) > 0)] = EDEMA
+                ids[(ids == 0) & (edema_baseline(pixels, is_hu, **edema_params) > 0)] = EDEMA
             base.append(ids)
     labelled = np.array(labelled)
     tables = [evaluate_slices(data.rows, preds, truths, labelled, "unet")]
@@ -431,16 +432,14 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
 
 def _training_slices_with(train: SegArrays, cls: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """8-bit input pixels and class-id truths of the training slices that label and contain ``cls``."""
-    from strokescan.io import load_scan
-
     imgs, truths = [], []
     for i in range(len(train)):
         if train.labelled[i, cls] and (train.target[i] == cls).any():
             row = train.rows.iloc[i]
-            scan = load_scan(row["image_path"])
-            if not scan.is_hu:
-                imgs.append(scan.pixels[0])
-                truths.append(decode_sample(row, shape=scan.pixels.shape[1:]).target)
+            pixels, is_hu = row_slice(row)
+            if not is_hu:
+                imgs.append(pixels)
+                truths.append(decode_sample(row, shape=pixels.shape).target)
     return imgs, truths
 
 
@@ -459,7 +458,8 @@ def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
 def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), unet=None, test_folds=(0,),
                  n_folds: int = 5, ctich_negatives_per_patient: int = 4, pretrained: bool = True,
                  classifier_dir: Path | None = None, init_model: Path | None = None,
-                 limit_per_source: int | None = None, root=None, n_boot: int = 1000, final: bool = False) -> dict:
+                 limit_per_source: int | None = None, root=None, n_boot: int = 1000, final: bool = False,
+                 public: dict | None = None) -> dict:
     """The full run behind ``scripts/train_segmentation.py`` (see docs/segmentation.md).
 
     For each test fold k: validation (early stopping) fold k+1, training = the rest; the best model is
@@ -468,6 +468,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     With ``final``, one more model trains on every fold but the early-stopping fold ``test_folds[0] + 1``
     (the held-out fold joins training) and replaces ``out_dir/model``; its plan carries the held-out figures
     of the fold models, marked as such.
+    ``public`` adds full public sets ({name: folder}, see :func:`build_segmentation_manifest`).
     ``init_model`` starts every model from a saved segmenter (fine-tuning; with ``cfg.max_epochs == 0`` it only
     evaluates it). It must come from a run with the same folds and held-out fold, or the held-out figures leak.
     """
@@ -516,9 +517,11 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
 
     origin = {"pretrained_encoder": pretrained, "classifier_encoder": str(classifier_dir or ""),
               "init_model": str(init_model or "")}
+    if public:
+        origin["public_sets"] = {k: str(v) for k, v in sorted(public.items())}
 
     manifest = build_segmentation_manifest(root, ctich_negatives_per_patient=ctich_negatives_per_patient,
-                                           seed=cfg.seed)
+                                           seed=cfg.seed, public=public)
     if limit_per_source:
         keep = set()
         for _, g in manifest.groupby("source", sort=True):
