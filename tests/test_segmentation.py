@@ -502,17 +502,46 @@ def test_teknofest_rows_label_by_class_folder(tmp_path, data_root):
         build_segmentation_manifest(data_root, sources=(), public={"teknofest": tmp_path})
 
 
-def test_train_script_refuses_a_bad_public_set_in_one_line(tmp_path, capsys):
+def _script(name: str):
+    """A module of scripts/ loaded by path (scripts/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("train_segmentation", Path(__file__).parents[1] / "scripts" /
-                                                  "train_segmentation.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_refuses_a_bad_public_set_in_one_line(tmp_path, capsys):
+    script = _script("train_segmentation")
     with pytest.raises(SystemExit) as exc:
         script.main(["--out", str(tmp_path / "a"), "--public", "rsna-ich=/x"])
     assert exc.value.code == 2 and "NAME=FOLDER" in capsys.readouterr().err
     assert script.main(["--out", str(tmp_path / "b"), "--public", f"bhsd={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "missing" in err and len(err.splitlines()) == 1
+
+
+def test_compare_runs_pairs_held_out_slices_and_refuses_runs_with_other_folds(tmp_path, capsys):
+    script = _script("compare_segmentation_runs")
+    rows = [{"method": "unet", "source": "bhsd-mini", "patient": f"p{i}", "image_path": f"{i}.png",
+             "class": "hemorrhage", "true_px": 50, "dice": d} for i, d in enumerate((0.6, 0.7, 0.8))]
+    for run, shift in (("a", 0.0), ("b", 0.2)):
+        (tmp_path / run / "fold0").mkdir(parents=True)
+        pd.DataFrame([{**r, "dice": r["dice"] - shift} for r in rows]).to_csv(tmp_path / run / "fold0" / "per_slice.csv")
+        (tmp_path / run / "folds.json").write_text(json.dumps({"folds": {"0": ["p0", "p1", "p2"]}}))
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "b"), "--names", "aug", "noaug", "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "aug minus noaug" in out and "| bhsd-mini | hemorrhage | 3 | 3 | 0.700 | 0.500 | 0.200 [0.20, 0.20] |" in out
+    (tmp_path / "b" / "folds.json").write_text(json.dumps({"folds": {"0": ["p0"]}}))
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "do not share one folds.json" in capsys.readouterr().err
+
+
+def test_flip_tta_check_refuses_the_held_out_fold(tmp_path, capsys):
+    from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
+
+    held_out = load_segmenter(DEFAULT_SEGMENTER_DIR)[1].training["test_fold"]
+    assert _script("segmentation_flip_tta").main(["--folds", str(tmp_path / "f.json"), "--fold", str(held_out)]) == 2
+    assert "held-out fold" in capsys.readouterr().err

@@ -303,10 +303,10 @@ def report_markdown(summary: pd.DataFrame, title: str = "Segmentation evaluation
     return "\n".join(lines) + "\n"
 
 
-def paired_markdown(paired: pd.DataFrame) -> str:
+def paired_markdown(paired: pd.DataFrame, method: str = "U-Net", baseline: str = "baseline") -> str:
     """A markdown table of :func:`compare_methods` output."""
-    lines = ["## U-Net minus baseline, paired on the same slices containing the class", "",
-             "| dataset | class | slices | patients | U-Net Dice | baseline Dice | difference [95% CI] |",
+    lines = [f"## {method} minus {baseline}, paired on the same slices containing the class", "",
+             f"| dataset | class | slices | patients | {method} Dice | {baseline} Dice | difference [95% CI] |",
              "|---|---|---|---|---|---|---|"]
     for d in paired.to_dict(orient="records"):
         lines.append(f"| {d['source']} | {d['class']} | {d['n_slices']} | {d['n_patients']} | "
