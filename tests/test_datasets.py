@@ -243,6 +243,11 @@ def test_bhsd_fake(tmp_path):
     shutil.rmtree(tmp_path / "ground truths")
     with pytest.raises(DataError, match="masks"):
         public.load_bhsd(tmp_path)
+    (tmp_path / "ground truths").mkdir()
+    for p in (tmp_path / "images").iterdir():  # as label_192.zip ships them: no suffix
+        p.rename(p.with_name(p.name.replace(".nii.gz", "")))
+    with pytest.raises(DataError, match="add .nii.gz"):
+        public.load_bhsd(tmp_path)
 
 
 def test_aisd_fake(tmp_path):

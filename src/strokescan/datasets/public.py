@@ -121,7 +121,8 @@ def load_bhsd(root, read_masks: bool = True) -> pd.DataFrame:
             row["label"] = row["hemorrhage"] = int(bool(present - {0}))
         rows.append(row)
     if not rows:
-        raise DataError(f"{img_dir}: no NIfTI volumes")
+        raise DataError(f"{img_dir}: no NIfTI volumes (*.nii.gz; label_192.zip's files may lack the suffix: "
+                        "BHSD's README says to add .nii.gz to each name)")
     out = pd.DataFrame(rows)
     out["patient"] = [pid(source, p) for p in out["source_patient"]]
     out.loc[out["mask_path"].notna(), "mask_meaning"] = MASK_MEANINGS["bhsd-nifti"]
