@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of batch draws and augmentation only (default: the data seed); data and folds stay")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 2 only when nothing else runs (2 threads on busy cores: 17 s/step)")
     ap.add_argument("--ctich-negatives", type=int, default=4,
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
               f"{a.max_epochs} epochs x {a.steps_per_epoch} steps <= {sec * a.max_epochs * a.steps_per_epoch / 60:.0f} min")
         return 0
     cfg = SegTrainConfig(max_epochs=a.max_epochs, patience=a.patience, steps_per_epoch=a.steps_per_epoch,
-                         batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, threads=a.threads)
+                         batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, threads=a.threads,
+                         train_seed=a.train_seed)
     limit = None
     if a.smoke:
         cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads)

@@ -345,6 +345,16 @@ def test_training_loop_learns_and_resumes(tmp_path):
     _, summ2 = train_fold(build_unet(TINY), data, data, longer, tmp_path / "run")
     assert summ2["epochs_run"] == 3 and [h["epoch"] for h in summ2["history"]] == [1, 2, 3]
     assert summ2["history"][-1]["loss"] < summ2["history"][0]["loss"]
+    one = SegTrainConfig(**{**cfg.to_dict(), "max_epochs": 1})
+    start = build_unet(TINY).state_dict()
+    weights = []
+    for name, train_seed in (("a", None), ("b", None), ("c", 7)):  # same draws unless train_seed differs
+        model = build_unet(TINY)
+        model.load_state_dict(start)
+        weights.append(train_fold(model, data, data, SegTrainConfig(**{**one.to_dict(), "train_seed": train_seed}),
+                                  tmp_path / name)[0].state_dict())
+    same = [all(torch.equal(x, y) for x, y in zip(weights[0].values(), w.values())) for w in weights[1:]]
+    assert same == [True, False]
 
 
 def test_segmentation_and_classifier_share_one_encoder():

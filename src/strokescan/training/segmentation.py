@@ -225,7 +225,8 @@ class SegTrainConfig:
     group_weights: dict = field(default_factory=lambda: {"hemorrhage": 0.3, "edema": 0.25, "infarct": 0.2,
                                                          "negative": 0.25})
     augment: bool = True
-    seed: int = SEED
+    seed: int = SEED  # data: ctich-kaggle negatives, folds; and training draws unless train_seed is set
+    train_seed: int | None = None  # batch draws, augmentation, init (a fine-tune's new draws; seed studies)
     threads: int = 1
 
     def to_dict(self) -> dict:
@@ -302,7 +303,8 @@ def train_fold(model: torch.nn.Module, train: SegArrays, val: SegArrays, cfg: Se
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
+    torch.manual_seed(seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     total_steps = cfg.max_epochs * cfg.steps_per_epoch
     warm = max(1, int(0.05 * total_steps))
@@ -325,8 +327,8 @@ def train_fold(model: torch.nn.Module, train: SegArrays, val: SegArrays, cfg: Se
         state = saved["state"]
         log.info("%s: resumed after epoch %d (best %.3f at %d)", desc, state["epoch"], state["best_score"],
                  state["best_epoch"])
-    gen = torch.Generator().manual_seed(cfg.seed + state["epoch"])
-    rng = np.random.default_rng(cfg.seed + state["epoch"])
+    gen = torch.Generator().manual_seed(seed + state["epoch"])
+    rng = np.random.default_rng(seed + state["epoch"])
     for epoch in range(state["epoch"] + 1, cfg.max_epochs + 1):
         if epoch - state["best_epoch"] > cfg.patience and state["best_epoch"] > 0:
             log.info("%s: early stop at epoch %d (best %d)", desc, epoch - 1, state["best_epoch"])
