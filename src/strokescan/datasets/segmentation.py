@@ -105,7 +105,8 @@ PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, 
 
 @lru_cache(maxsize=4)
 def _scan(path: str):
-    """The :class:`~strokescan.io.scan.Scan` of ``path``; the last few are kept, as a volume's slices come in a row."""
+    """The :class:`~strokescan.io.scan.Scan` of ``path``; the last few are kept (a volume's slices come in a row;
+    files are assumed not to change while a process runs)."""
     from strokescan.io import load_scan
 
     return load_scan(path)
@@ -231,12 +232,9 @@ class MaskSample:
 def _labelled_classes(row) -> set[int]:
     """The classes a row labels: its ``labelled_classes`` ("1,3") when set, else its source's."""
     given = row.get("labelled_classes")
-    if given is not None and not (isinstance(given, float) and np.isnan(given)) and str(given).strip():
+    if given is not None and not pd.isna(given) and str(given).strip():
         return {int(float(c)) for c in str(given).split(",")}
-    source = row["source"]
-    if source not in SOURCE_LABELLED:
-        raise DataError(f"{source}: not a segmentation source")
-    return set(SOURCE_LABELLED[source])
+    return set(SOURCE_LABELLED.get(row["source"], PUBLIC_LABELLED.get(row["source"], ())))
 
 
 def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
