@@ -86,7 +86,8 @@ def main(argv=None) -> int:
                          train_seed=a.train_seed)
     limit = None
     if a.smoke:
-        cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads)
+        cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads,
+                             train_seed=a.train_seed)
         limit = 6
     t0 = time.time()
     try:

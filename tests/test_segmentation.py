@@ -322,6 +322,10 @@ def test_compare_methods_pairs_the_same_slices_and_bounds_the_difference():
     lo, hi = row["difference_ci95"]
     assert 0.25 <= lo <= row["dice_difference"] <= hi <= 0.31
     assert "| phe-sich | edema | 12 | 6 |" in paired_markdown(paired)
+    volume = [{"source": "bhsd", "patient": "v", "image_path": "v.nii.gz", "frame": k, "class": "hemorrhage",
+               "method": m, "true_px": 9, "dice": d} for k in (3, 4) for m, d in (("unet", 0.5), ("threshold", 0.1))]
+    paired = compare_methods(pd.DataFrame(volume), n_boot=5)  # two slices of one file: two pairs, not four
+    assert paired.set_index("source").loc["bhsd", "n_slices"] == 2
 
 
 def test_training_loop_learns_and_resumes(tmp_path):
@@ -457,9 +461,10 @@ def test_full_bhsd_volumes_become_slice_rows_whose_masks_lie_on_their_pixels(tmp
         img, target, unknown, _, _ = prepare_sample(row, SlicePlan(size=64), 0.0)
         assert (target == HEMORRHAGE).sum() > 10 and not unknown[target > 0].any()
     bad = tmp_path / "ground truths" / "ID_b.nii.gz"
-    _save_nii(bad, mask_b[:, :, :4], flipped)
-    with pytest.raises(DataError, match="does not match"):
-        build_segmentation_manifest(data_root, sources=(), public={"bhsd": tmp_path})
+    for data, affine in ((mask_b[:, :, :4], flipped), (mask_b, np.diag([0.5, 0.5, 5.0, 1.0]))):
+        _save_nii(bad, data, affine)  # fewer slices; the same voxels in another orientation (RAS, not LPS)
+        with pytest.raises(DataError, match="does not match"):
+            build_segmentation_manifest(data_root, sources=(), public={"bhsd": tmp_path})
     with pytest.raises(DataError, match="not a segmentation set"):
         build_segmentation_manifest(data_root, sources=(), public={"rsna-ich": tmp_path})
 
@@ -507,9 +512,8 @@ def test_teknofest_rows_label_by_class_folder(tmp_path, data_root):
         ms = decode_sample(m.loc[stem], shape=(16, 16))
         assert ms.labelled.tolist() == labelled
         assert (ms.target > 0).sum() == (0 if cls is None else 16) and set(np.unique(ms.target)) <= {0, cls or 0}
-    (tmp_path / "TRAINING" / "KANAMA" / "MASK" / "3.png").unlink()
-    with pytest.raises(DataError, match="without a mask"):
-        build_segmentation_manifest(data_root, sources=(), public={"teknofest": tmp_path})
+    (tmp_path / "TRAINING" / "KANAMA" / "MASK" / "3.png").unlink()  # a stroke image without its mask: left out
+    assert set(build_segmentation_manifest(data_root, sources=(), public={"teknofest": tmp_path})["source_patient"]) == {"1", "2"}
 
 
 def _script(name: str):
@@ -555,3 +559,14 @@ def test_flip_tta_check_refuses_the_held_out_fold(tmp_path, capsys):
     held_out = load_segmenter(DEFAULT_SEGMENTER_DIR)[1].training["test_fold"]
     assert _script("segmentation_flip_tta").main(["--folds", str(tmp_path / "f.json"), "--fold", str(held_out)]) == 2
     assert "held-out fold" in capsys.readouterr().err
+
+
+def test_run_training_refuses_folds_that_miss_patients_of_this_run(tmp_path, data_root):
+    """A resumed run whose sets changed (e.g. another --public) would train its new patients in every fold."""
+    from strokescan.training.segmentation import SegTrainConfig, run_training
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "folds.json").write_text(json.dumps({"n_folds": 3, "folds": {"0": ["x"], "1": [], "2": []}}))
+    with pytest.raises(DataError, match="in no fold"):
+        run_training(tmp_path / "run", SegTrainConfig(max_epochs=1), unet=TINY, n_folds=3, limit_per_source=1,
+                     root=data_root)

@@ -43,7 +43,7 @@ would leak across folds):
 full set           labelled ; rows
 =================  ==========================================================================================
 bhsd               as bhsd-mini (NIfTI masks 1-5 = hemorrhage) ; every lesion slice of each volume plus up to
-                   ``negatives_per_patient`` lesion-free middle slices ; replaces bhsd-mini
+                   ``negatives_per_patient`` of its lesion-free slices (middle 20-85 %) ; replaces bhsd-mini
 ctich-nifti        hemorrhage (mask > 0), infarct absent (trauma cohort), edema unknown (contusions carry
                    edema nobody outlined) ; rows as bhsd ; patient ids are ctich-kaggle's (the same 82 people),
                    so both sets put a patient in the same fold
@@ -61,6 +61,7 @@ so they share one grid whatever the file's affine.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,6 +100,8 @@ PUBLIC_LABELLED: dict[str, tuple[int, ...]] = {
 }
 PUBLIC_REPLACES: dict[str, tuple[str, ...]] = {"bhsd": ("bhsd-mini",), "aisd": ("aisd-mini", "realtime-mini")}
 TEKNOFEST_LABELLED = {"hemorrhage": (HEMORRHAGE,), "ischemic": (INFARCT,), "none": (HEMORRHAGE, EDEMA, INFARCT)}
+
+log = logging.getLogger(__name__)
 
 PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, dilated, may hold clot
 
@@ -288,16 +291,34 @@ def _lesion_free_sample(m: pd.DataFrame, per_patient: int, seed: int) -> pd.Data
     return m.loc[sorted(keep)]
 
 
-def _volume_slices(m: pd.DataFrame) -> pd.DataFrame:
-    """One row per slice of every volume row with a mask; ``label`` = the slice's mask holds a lesion."""
+def _nifti_grid(path: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Voxel shape and axis codes (e.g. ('L', 'P', 'S')) of a NIfTI header; :class:`DataError` if unreadable."""
     import nibabel as nib
 
+    try:
+        img = nib.load(path)
+        return tuple(int(n) for n in img.shape[:3]), tuple(nib.aff2axcodes(img.affine))
+    except Exception as exc:  # noqa: BLE001 - any header problem means "cannot use this volume"
+        raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__})") from None
+
+
+def _volume_slices(m: pd.DataFrame) -> pd.DataFrame:
+    """One row per slice of every volume row with a mask; ``label`` = the slice's mask holds a lesion.
+
+    Image and mask must share voxel shape and axis codes (both are reoriented by the same reader, so equal
+    headers mean one grid). Volumes without a mask are left out, with a log line saying how many.
+    """
+    with_mask = m[m["mask_path"].notna()].drop_duplicates("image_path")
+    dropped = m.loc[m["mask_path"].isna(), "image_path"].nunique()
+    if dropped:
+        log.warning("%s: %d volume(s) without a mask file left out", m["source"].iloc[0], dropped)
     rows = []
-    for r in m[m["mask_path"].notna()].drop_duplicates("image_path").to_dict("records"):
-        shapes = [tuple(nib.load(r[k]).shape[:3]) for k in ("image_path", "mask_path")]
-        if shapes[0] != shapes[1]:
-            raise DataError(f"{r['mask_path']}: mask {shapes[1]} does not match its volume {shapes[0]}")
-        lesion = _scan(r["mask_path"]).pixels.reshape(shapes[1][2], -1).max(axis=1) > 0
+    for r in with_mask.to_dict("records"):
+        grids = [_nifti_grid(r[k]) for k in ("image_path", "mask_path")]
+        if grids[0] != grids[1]:
+            raise DataError(f"{r['mask_path']}: mask grid {grids[1]} does not match its volume's {grids[0]}")
+        mask = _scan(r["mask_path"]).pixels
+        lesion = mask.reshape(mask.shape[0], -1).max(axis=1) > 0
         for k, hit in enumerate(lesion):
             rows.append({**r, "frame": k, "slice_index": k, "label": int(hit), "hemorrhage": int(hit),
                          "label_note": "slice of a volume; label = its mask holds a lesion"})
@@ -314,9 +335,10 @@ def _teknofest_rows(m: pd.DataFrame) -> pd.DataFrame:
     m = m.copy()
     cls = np.where(m["hemorrhage"] == 1, "hemorrhage", np.where(m["ischemic"] == 1, "ischemic", "none"))
     stroke = cls != "none"
-    if m.loc[stroke, "mask_path"].isna().any():
-        missing = m.loc[stroke & m["mask_path"].isna(), "image_path"].iloc[0]
-        raise DataError(f"{missing}: stroke image without a mask (MASK/<same stem>.png)")
+    unmasked = stroke & m["mask_path"].isna().to_numpy()
+    if unmasked.any():  # as volumes without a mask: left out, counted in the log
+        log.warning("teknofest: %d stroke image(s) without MASK/<same stem>.png left out", int(unmasked.sum()))
+        m, cls, stroke = m[~unmasked], cls[~unmasked], stroke[~unmasked]
     m["labelled_classes"] = [",".join(map(str, TEKNOFEST_LABELLED[c])) for c in cls]
     m["mask_meaning"] = [{"hemorrhage": "teknofest-hemorrhage: >0 hemorrhage",
                           "ischemic": "teknofest-infarct: >0 infarct"}.get(c) for c in cls]
@@ -331,15 +353,17 @@ def _public_rows(name: str, folder, negatives_per_patient: int, seed: int) -> pd
 
     if name not in PUBLIC_LABELLED:
         raise DataError(f"{name}: not a segmentation set (choose from {', '.join(PUBLIC_LABELLED)})")
-    m = PUBLIC_LOADERS[name](folder)
-    if name in ("bhsd", "ctich-nifti"):
+    m = PUBLIC_LOADERS[name](folder, read_masks=False) if name == "bhsd" else PUBLIC_LOADERS[name](folder)
+    volumes = name in ("bhsd", "ctich-nifti")
+    if volumes:
         m = finalize(_volume_slices(m), name)
     if name == "ctich-nifti":  # the same people as ctich-kaggle: one id, so one fold
         m["patient"] = [f"ctich-kaggle:{int(p)}" for p in m["source_patient"]]
     if name == "teknofest":
         return _teknofest_rows(m)
     m = m[m["mask_path"].notna()]
-    return pd.concat([m[m["label"] == 1], _lesion_free_sample(m, negatives_per_patient, seed)])
+    out = pd.concat([m[m["label"] == 1], _lesion_free_sample(m, negatives_per_patient, seed)])
+    return out.sort_values(["image_path", "frame"] if volumes else ["image_path"])  # a volume's slices together
 
 
 def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCES, ctich_negatives_per_patient: int = 4,

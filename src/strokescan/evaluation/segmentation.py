@@ -98,8 +98,10 @@ def evaluate_slices(rows: pd.DataFrame, preds: list[np.ndarray], truths: list[np
             if not labelled[i, c]:
                 continue
             m = slice_metrics(preds[i], truths[i], c)
+            frame = row.get("frame")
             out.append({"method": method, "source": row["source"], "patient": row["patient"],
-                        "image_path": row["image_path"], "class": name, **m})
+                        "image_path": row["image_path"], "frame": -1 if frame is None or pd.isna(frame) else int(frame),
+                        "class": name, **m})
     return pd.DataFrame(out)
 
 
@@ -146,8 +148,10 @@ def compare_methods(table: pd.DataFrame, method: str = "unet", baseline: str = "
                     n_boot: int = 1000) -> pd.DataFrame:
     """Paired ``method`` minus ``baseline`` Dice on the same slices that contain the class, per (source, class)
     and over all sources, with a 95 % patient-bootstrap interval (an interval above 0 = clearly better)."""
-    keys = ["source", "patient", "image_path", "class"]
+    keys = ["source", "patient", "image_path", "frame", "class"]  # frame: the slice of a volume file (-1: none)
     pos = table[table["true_px"] > 0]
+    if "frame" not in pos:  # tables written before volume rows existed
+        pos = pos.assign(frame=-1)
     pair = pos[pos["method"] == method].merge(pos[pos["method"] == baseline], on=keys, suffixes=("", "_base"))
     if pair.empty:
         return pd.DataFrame()

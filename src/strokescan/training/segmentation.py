@@ -93,7 +93,7 @@ def prepare_sample(row, plan: SlicePlan, rotation_deg: float, load=None):
     prep = prepare_slice(pixels, is_hu, plan, rotation_deg=float(rotation_deg))
     ms = decode_sample(row, shape=pixels.shape)
     if ms.target.shape != pixels.shape:
-        raise ValueError(f"{row['mask_path']}: mask {ms.target.shape} does not match image {pixels.shape}")
+        raise DataError(f"{row['mask_path']}: mask {ms.target.shape} does not match image {pixels.shape}")
     target = to_model_frame(ms.target, prep.box, prep.rotation_deg, plan.size)
     unknown = to_model_frame(ms.unknown, prep.box, prep.rotation_deg, plan.size)
     unknown[target > 0] = 0
@@ -436,12 +436,11 @@ def _training_slices_with(train: SegArrays, cls: int) -> tuple[list[np.ndarray],
     """8-bit input pixels and class-id truths of the training slices that label and contain ``cls``."""
     imgs, truths = [], []
     for i in range(len(train)):
-        if train.labelled[i, cls] and (train.target[i] == cls).any():
-            row = train.rows.iloc[i]
-            pixels, is_hu = row_slice(row)
-            if not is_hu:
-                imgs.append(pixels)
-                truths.append(decode_sample(row, shape=pixels.shape).target)
+        row = train.rows.iloc[i]
+        if train.labelled[i, cls] and (train.target[i] == cls).any() and not row["is_hu"]:
+            pixels, _ = row_slice(row)
+            imgs.append(pixels)
+            truths.append(decode_sample(row, shape=pixels.shape).target)
     return imgs, truths
 
 
@@ -510,6 +509,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     def new_model() -> torch.nn.Module:
         if init_model is not None:
             return load_segmenter(init_model)[0]
+        torch.manual_seed(cfg.seed if cfg.train_seed is None else cfg.train_seed)  # the decoder's random start
         model = build_unet(unet, pretrained=pretrained)
         if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
             from strokescan.models.classifier import load_classifier
@@ -531,6 +531,10 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         manifest = manifest[manifest["patient"].isin(keep)].reset_index(drop=True)
     folds_path = out_dir / "folds.json"
     folds = json.loads(folds_path.read_text()) if folds_path.is_file() else make_source_folds(manifest, n_folds, cfg.seed)
+    unplaced = sorted(set(manifest["patient"]) - {p for ps in folds["folds"].values() for p in ps})
+    if unplaced:  # a resumed run whose sets changed (e.g. another --public): they would train in every fold
+        raise DataError(f"{folds_path}: {len(unplaced)} patient(s) of this run are in no fold (e.g. {unplaced[0]}); "
+                        "the sets changed since the folds were made: use a new --out")
     write_folds(folds, folds_path)
     if init_model is not None:
         _check_same_split(load_segmenter(init_model)[1].training, folds, test_folds)
