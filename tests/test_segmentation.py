@@ -326,6 +326,10 @@ def test_compare_methods_pairs_the_same_slices_and_bounds_the_difference():
                "method": m, "true_px": 9, "dice": d} for k in (3, 4) for m, d in (("unet", 0.5), ("threshold", 0.1))]
     paired = compare_methods(pd.DataFrame(volume), n_boot=5)  # two slices of one file: two pairs, not four
     assert paired.set_index("source").loc["bhsd", "n_slices"] == 2
+    unet = pd.DataFrame(rows[:4]).query("method == 'unet'")  # 2 slices
+    old = unet.assign(method="old")  # a table written before frames existed, beside a new one
+    mixed = pd.concat([unet.assign(frame=-1), old], ignore_index=True)
+    assert compare_methods(mixed, method="unet", baseline="old", n_boot=5)["n_slices"].iloc[0] == 2
 
 
 def test_training_loop_learns_and_resumes(tmp_path):

@@ -150,8 +150,8 @@ def compare_methods(table: pd.DataFrame, method: str = "unet", baseline: str = "
     and over all sources, with a 95 % patient-bootstrap interval (an interval above 0 = clearly better)."""
     keys = ["source", "patient", "image_path", "frame", "class"]  # frame: the slice of a volume file (-1: none)
     pos = table[table["true_px"] > 0]
-    if "frame" not in pos:  # tables written before volume rows existed
-        pos = pos.assign(frame=-1)
+    # tables written before volume rows existed have no frame (or NA after a concat with newer ones)
+    pos = pos.assign(frame=pos["frame"].fillna(-1).astype(int) if "frame" in pos else -1)
     pair = pos[pos["method"] == method].merge(pos[pos["method"] == baseline], on=keys, suffixes=("", "_base"))
     if pair.empty:
         return pd.DataFrame()
