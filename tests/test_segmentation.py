@@ -405,6 +405,14 @@ def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_
     with pytest.raises(DataError, match="leak"):  # another held-out fold: refused
         run_training(tmp_path / "b", zero, test_folds=(1,), n_folds=3, limit_per_source=2,
                      ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
+    moved = json.loads((tmp_path / "a" / "folds.json").read_text())
+    moved["folds"]["1"].append(moved["folds"]["0"].pop())  # one patient in another fold: refused by fingerprint
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "folds.json").write_text(json.dumps(moved))
+    with pytest.raises(DataError, match="leak"):
+        run_training(tmp_path / "c", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
+                     ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
+    (tmp_path / "a" / "folds.json").unlink()  # the model's folds file is gone (a fresh clone): the fingerprint suffices
     second = run_training(tmp_path / "b", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
                           ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
     again, plan2 = load_segmenter(second["model_dir"])

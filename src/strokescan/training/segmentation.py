@@ -444,12 +444,22 @@ def _training_slices_with(train: SegArrays, cls: int) -> tuple[list[np.ndarray],
     return imgs, truths
 
 
+def folds_sha256(folds: dict) -> str:
+    """A fingerprint of a folds dict's patient assignment (stored in each model's plan)."""
+    return hashlib.sha256(json.dumps(folds["folds"], sort_keys=True).encode()).hexdigest()
+
+
 def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
-    """A model to fine-tune must come from the same folds and held-out fold, or the held-out figures leak."""
+    """A model to fine-tune must come from the same folds and held-out fold, or the held-out figures leak.
+
+    Compared by the fingerprint in the model's plan, or (older plans) with the folds file the plan names."""
     from strokescan.datasets.splits import read_folds
 
     source = Path(str(init_training.get("folds_file", "")))
-    same_folds = source.is_file() and read_folds(source)["folds"] == folds["folds"]
+    if init_training.get("folds_sha256"):
+        same_folds = init_training["folds_sha256"] == folds_sha256(folds)
+    else:
+        same_folds = source.is_file() and read_folds(source)["folds"] == folds["folds"]
     if not same_folds or list(test_folds) != [init_training.get("test_fold")]:
         raise DataError(f"--init-model was trained with held-out fold {init_training.get('test_fold')} of "
                         f"{source or 'unknown folds'}; this run holds out {list(test_folds)} of other or "
@@ -567,7 +577,8 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         fsum = summarize(table, n_boot=n_boot)
         fsp = SegmenterPlan(unet=unet, slice_plan=plan, training={
             "config": cfg.to_dict(), **origin,
-            "test_fold": k, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
+            "test_fold": k, "val_fold": v, "folds_file": str(folds_path), "folds_sha256": folds_sha256(folds),
+            "n_train": len(train),
             "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries[str(k)]},
             metrics={"held_out": json.loads(fsum.to_json(orient="records"))})
         save_segmenter(model, fsp, fold_dir / "model")
@@ -582,7 +593,8 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         fold_summaries["final"] = {kk: vv for kk, vv in summ.items() if kk != "history"} | {"n_train": len(train)}
         save_segmenter(model, SegmenterPlan(unet=unet, slice_plan=plan, training={
             "config": cfg.to_dict(), **origin,
-            "final_model": True, "val_fold": v, "folds_file": str(folds_path), "n_train": len(train),
+            "final_model": True, "val_fold": v, "folds_file": str(folds_path), "folds_sha256": folds_sha256(folds),
+            "n_train": len(train),
             "sources": counts.to_dict(orient="index"), "torch": torch.__version__, **fold_summaries["final"]},
             metrics={"note": f"held-out figures of the fold models (test folds {list(test_folds)}), not of this model",
                      "held_out": json.loads(summary.to_json(orient="records"))}), out_dir / "model")
