@@ -14,7 +14,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 BUNDLED_MODELS_DIR = RESOURCES_DIR / "models"
-SAMPLES_DIR = RESOURCES_DIR / "samples"
+SAMPLES_DIR = PACKAGE_DIR / "samples"  # the demo's sample slices, with ATTRIBUTION.md
 
 
 def data_root() -> Path:
