@@ -325,7 +325,9 @@ def _volume_slices(m: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         raise DataError("no volume with a mask")
     out = pd.DataFrame(rows)
-    for col in ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "fracture"):
+    from strokescan.datasets.local import SUBTYPES
+
+    for col in (*SUBTYPES.values(), "fracture"):
         out[col] = pd.NA  # volume- or differently-indexed labels: not this slice's
     return out
 

@@ -229,6 +229,11 @@ class SegTrainConfig:
     train_seed: int | None = None  # batch draws, augmentation, init (a fine-tune's new draws; seed studies)
     threads: int = 1
 
+    @property
+    def draw_seed(self) -> int:
+        """The seed of the training draws: ``train_seed`` when set, else the data seed."""
+        return self.seed if self.train_seed is None else self.train_seed
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -303,7 +308,7 @@ def train_fold(model: torch.nn.Module, train: SegArrays, val: SegArrays, cfg: Se
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
+    seed = cfg.draw_seed
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     total_steps = cfg.max_epochs * cfg.steps_per_epoch
@@ -519,7 +524,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     def new_model() -> torch.nn.Module:
         if init_model is not None:
             return load_segmenter(init_model)[0]
-        torch.manual_seed(cfg.seed if cfg.train_seed is None else cfg.train_seed)  # the decoder's random start
+        torch.manual_seed(cfg.draw_seed)  # the decoder's random start
         model = build_unet(unet, pretrained=pretrained)
         if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
             from strokescan.models.classifier import load_classifier
