@@ -9,7 +9,7 @@ Run: .venv/bin/python benchmarks/rotation_accuracy.py [--sweep-slices 40] [--see
   tilt (the network's circular median on the patient's unrotated slices).
 - phe-sich (external, never trained on): stored slices against 90 deg (face left) and against the patient's
   median; then each slice corrected with its patient's median, turned by a random known angle, estimated.
-- head-ct-dicom volumes via estimate_scan_rotation (expected near 0).
+- head-ct-dicom volumes via RotationEstimator.estimate_scan (expected near 0).
 The classical estimator (symmetry + outline) is measured in the same run as the baseline.
 Prints tables and ends with one JSON line.
 """
@@ -27,14 +27,14 @@ import pandas as pd
 
 from strokescan.config import data_root
 from strokescan.io import load_scan
-from strokescan.preprocessing import orientation as ori
+from strokescan.core.geometry import circular_error_deg as circ_err
+from strokescan.core.geometry import circular_median_deg, rotate_image
+from strokescan.models import rotation as rot
+from strokescan.models.rotation import MIN_HEAD_FRACTION as MIN_HEAD
+from strokescan.models.rotation import RotationEstimator
 
 TOL = 10.0
-MIN_HEAD = 0.05
-
-
-def circ_err(a, b):
-    return np.abs((np.asarray(a, float) - np.asarray(b, float) + 180.0) % 360.0 - 180.0)
+ESTIMATOR: RotationEstimator  # set in main(), from --model or the bundled network
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def summary(name: str, errors) -> dict:
 
 
 def net(img, is_hu) -> tuple[float, float]:
-    return ori._estimate(img, is_hu)
+    return ESTIMATOR.estimate_with_head(img, is_hu)
 
 
 def ctich(rng: np.random.Generator, sweep_n: int, baseline: bool) -> dict:
@@ -86,7 +86,7 @@ def ctich(rng: np.random.Generator, sweep_n: int, baseline: bool) -> dict:
         a0[i] = ang
         keep.append(i)
     # Per-patient head tilt in the image frame: circular median of the network on the unrotated slices.
-    tilt = {p: ori.circular_median_deg(np.array([a0[i] for i in keep if m.at[i, "patient"] == p]))
+    tilt = {p: circular_median_deg(np.array([a0[i] for i in keep if m.at[i, "patient"] == p]))
             for p in sorted(set(m.loc[keep, "patient"]))}
     tilts = circ_err(list(tilt.values()), 0.0)
     print(f"\nctich-kaggle fold 0 (held out): {len(m)} slices of {m['patient'].nunique()} patients, {skipped} skipped "
@@ -107,14 +107,14 @@ def ctich(rng: np.random.Generator, sweep_n: int, baseline: bool) -> dict:
         pos = None if pd.isna(s) else (float(s) - 1) / max(int(n_per_patient[i]) - 1, 1)
         lvl = "unknown level" if pos is None else ("skull base (lowest 30%)" if pos < 0.3 else "mid/upper (top 70%)")
         for k, a in enumerate(angles):
-            rot = ori.rotate_image(img, a)
+            rot = rotate_image(img, a)
             est = net(rot, is_hu)[0]
             key = "random" if k == 0 else "sweep"
             res[f"{key}_frame"].append(circ_err(est, a))
             res[f"{key}_tilt"].append(circ_err(est, (a + tilt[p]) % 360))
             res[f"{key}_equivariance"].append(circ_err(est, (a0[i] + a) % 360))
             if baseline:
-                b = ori.classical_estimate_rotation(rot, is_hu)
+                b = rot.classical_estimate_rotation(rot, is_hu)
                 res[f"{key}_baseline_frame"].append(circ_err(b, a))
                 res[f"{key}_baseline_tilt"].append(circ_err(b, (a + tilt[p]) % 360))
             if k == 0:
@@ -160,17 +160,17 @@ def phe(rng: np.random.Generator, baseline: bool) -> dict:
                 skipped += 1
                 continue
             items.append((pdir.name, scan.pixels[0], scan.is_hu, est))
-    med = {p: ori.circular_median_deg(np.array([e for q, _, _, e in items if q == p])) for p in {q for q, *_ in items}}
+    med = {p: circular_median_deg(np.array([e for q, _, _, e in items if q == p])) for p in {q for q, *_ in items}}
     res = defaultdict(list)
     per_patient = {}
     for p, img, is_hu, est in items:
         res["as_stored_vs_90"].append(circ_err(est, 90.0))
         res["as_stored_vs_patient_median"].append(circ_err(est, med[p]))
         if baseline:
-            res["baseline_vs_90"].append(circ_err(ori.classical_estimate_rotation(img, is_hu), 90.0))
-        upright = ori.rotate_image(img, -med[p])
+            res["baseline_vs_90"].append(circ_err(rot.classical_estimate_rotation(img, is_hu), 90.0))
+        upright = rotate_image(img, -med[p])
         a = float(rng.uniform(0, 360))
-        res["known_angle"].append(circ_err(ori.estimate_rotation(ori.rotate_image(upright, a), is_hu), a))
+        res["known_angle"].append(circ_err(ESTIMATOR.estimate(rotate_image(upright, a), is_hu), a))
         per_patient.setdefault(p, []).append(circ_err(est, 90.0))
     print(f"\nphe-sich (external): {len(items)} slices of {len(med)} patients used, {skipped} skipped "
           f"(head < {MIN_HEAD:.0%}); expected 90 deg (face left)")
@@ -197,13 +197,13 @@ def phe(rng: np.random.Generator, baseline: bool) -> dict:
 
 def dicom() -> dict:
     out = {}
-    print("\nhead-ct-dicom volumes (estimate_scan_rotation; expected near 0):")
+    print("\nhead-ct-dicom volumes (RotationEstimator.estimate_scan; expected near 0):")
     for name in ("cq500-ct-0_thin_jpeg-lossless", "cq500-ct-1_single-slice", "ge-hispeed-dual_gantry-tilt"):
         path = data_root() / "head-ct-dicom" / name
         if not path.exists():
             continue
         try:
-            est = ori.estimate_scan_rotation(load_scan(path))
+            est = ESTIMATOR.estimate_scan(load_scan(path))
             err = None if est is None else round(float(circ_err(est, 0.0)), 1)
         except Exception as exc:  # noqa: BLE001 - report a reader failure and go on
             est, err = f"unreadable: {type(exc).__name__}: {exc}"[:120], None
@@ -224,17 +224,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    if args.model:
-        from strokescan.models.orientation_net import load_orientation_net
-
-        ori._model.cache_clear()
-        model = load_orientation_net(args.model)[0]
-        ori._model = lambda: model  # noqa: E731 - benchmark a candidate model through the public code path
+    global ESTIMATOR
+    ESTIMATOR = RotationEstimator(args.model)  # a candidate model goes through the public code path
     if args.refine_span is not None:
-        ori._REFINE_SPAN = args.refine_span
+        rot._REFINE_SPAN = args.refine_span
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    out = {"seed": args.seed, "tolerance_deg": TOL, "model": args.model or "bundled", "refine_span": ori._REFINE_SPAN}
+    out = {"seed": args.seed, "tolerance_deg": TOL, "model": args.model or "bundled", "refine_span": rot._REFINE_SPAN}
     out["ctich_fold0"] = ctich(rng, args.sweep_slices, not args.no_baseline)
     if not args.skip_phe:
         out["phe_sich"] = phe(rng, not args.no_baseline)

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
+from strokescan.datasets.lesion_masks import build_segmentation_manifest, make_source_folds
 from strokescan.datasets.splits import fold_of, read_folds
 from strokescan.errors import StrokescanError
 from strokescan.models.unet import load_segmenter
-from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
-from strokescan.training.segmentation import build_cache, predict_probs, validation_score
+from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR
+from strokescan.training.segmenter import build_cache, predict_probs, validation_score
 
 
 def main(argv=None) -> int:

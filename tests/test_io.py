@@ -455,3 +455,192 @@ def test_identifiers_hidden(mr_dir):
             assert value not in repr(scan.identifiers)
     shown = json.dumps(scan.summary(include_identifiers=True))
     assert scan.identifiers.patient_id in shown
+
+
+# --------------------------------------------------------------------------- DICOM identity, in-memory datasets
+
+GE_SAMPLE = Path(__file__).resolve().parents[1] / "src" / "strokescan" / "samples" / "ge-hispeed-head-series.zip"
+
+
+def _zip_datasets(archive: Path) -> list[pydicom.Dataset]:
+    """The archive's DICOM members parsed in memory, as a DICOM listener would hand them over."""
+    import io
+
+    with zipfile.ZipFile(archive) as zf:
+        return [pydicom.dcmread(io.BytesIO(zf.read(m)), force=True) for m in zf.infolist() if m.filename.endswith(".dcm")]
+
+
+@pytest.fixture(scope="module")
+def ge_sample() -> Path:
+    if not GE_SAMPLE.is_file():
+        pytest.skip("the bundled GE sample series is missing")
+    return GE_SAMPLE
+
+
+def test_references_from_zip_and_datasets_agree(ge_sample):
+    from strokescan.io import SliceIdentity, scan_from_datasets
+
+    from_zip = load_scan(ge_sample)
+    datasets = _zip_datasets(ge_sample)
+    shuffled = datasets[::-1]  # arrival order must not matter: the same sorting as files
+    from_memory = scan_from_datasets(shuffled, source="listener")
+    assert from_zip.n_slices == from_memory.n_slices == 28
+    np.testing.assert_array_equal(from_zip.pixels, from_memory.pixels)
+    assert from_zip.references == from_memory.references
+    np.testing.assert_array_equal(from_zip.slice_positions_mm, from_memory.slice_positions_mm)
+    assert from_memory.slice_sources[0].startswith("listener[") and from_memory.source_path == Path("listener")
+    assert load_scan(datasets).references == from_zip.references  # load_scan takes a list of datasets too
+
+    refs = from_zip.references
+    assert len(refs) == from_zip.n_slices and all(isinstance(r, SliceIdentity) for r in refs)
+    assert len({r.sop_instance_uid for r in refs}) == 28
+    assert len({r.series_instance_uid for r in refs}) == 1 and len({r.study_instance_uid for r in refs}) == 1
+    assert all(r.frame_of_reference_uid and r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2" for r in refs)
+    assert all(r.frame_number is None and len(r.image_orientation_patient) == 6 for r in refs)
+    # Each reference is the header of the slice at its index (the scan's order, inferior first).
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    for ref, z in zip(refs, from_zip.slice_positions_mm):
+        ds = by_uid[ref.sop_instance_uid]
+        assert ref.image_position_patient == pytest.approx([float(v) for v in ds.ImagePositionPatient])
+        assert float(np.dot(ref.image_position_patient, from_zip.slice_normal)) == pytest.approx(z)
+        assert ref.series_instance_uid == str(ds.SeriesInstanceUID)
+        assert ref.study_instance_uid == str(ds.StudyInstanceUID)
+        assert ref.frame_of_reference_uid == str(ds.FrameOfReferenceUID)
+
+
+def test_references_stay_out_of_summaries_and_reprs(ge_sample):
+    scan = load_scan(ge_sample)
+    uids = {v for r in scan.references for v in (r.sop_instance_uid, r.series_instance_uid, r.study_instance_uid,
+                                                  r.frame_of_reference_uid) if v}
+    assert len(uids) == 28 + 3
+    plain = json.dumps(scan.summary()) + repr(scan) + repr(scan.references) + str(scan.references[0])
+    assert not [u for u in uids if u in plain]
+    shown = scan.summary(include_identifiers=True)
+    assert len(shown["references"]) == 28
+    assert shown["references"][0]["sop_instance_uid"] == scan.references[0].sop_instance_uid
+    json.dumps(shown)
+
+
+def test_references_none_for_other_formats(data_root, tmp_path):
+    jpg = sorted((data_root / "ctich-kaggle").rglob("*.jpg"))[0]
+    path, _ = _nifti(tmp_path, "v.nii.gz", np.eye(4))
+    for scan in (load_scan(jpg), load_scan(path)):
+        assert scan.references is None and scan.sop_class_uid is None
+        assert "references" not in scan.summary(include_identifiers=True)
+
+
+def test_datasets_get_the_same_refusals(pydicom_file, head_ct):
+    from strokescan.io import scan_from_datasets
+
+    ct = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    with pytest.raises(EmptyInputError):
+        scan_from_datasets([])
+    with pytest.raises(UnsupportedFormatError, match=r"<datasets>\[1\]: not a pydicom Dataset"):
+        scan_from_datasets([ct, b"bytes"])
+    sr = pydicom.dcmread(pydicom_file("test-SR.dcm"))
+    with pytest.raises(NoPixelDataError, match="Comprehensive SR Storage"):
+        scan_from_datasets([sr])
+    small = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    small.Rows = 64
+    small.PixelData = small.PixelData[: 64 * small.Columns * 2]
+    small.ImagePositionPatient = [0, 0, 10]
+    with pytest.raises(InconsistentSeriesError, match="mixes slice sizes"):
+        scan_from_datasets([ct, small])
+    copy = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    with pytest.raises(InconsistentSeriesError, match="2 files share one slice position"):
+        scan_from_datasets([ct, copy])
+    other = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    other.SeriesInstanceUID = "1.2.3.4.5"
+    with pytest.raises(MultipleSeriesError, match="2 series found"):
+        scan_from_datasets([ct, other])
+    assert scan_from_datasets([ct, other], series="1.2.3.4.5").n_slices == 1
+    with pytest.raises(InputTooLargeError):
+        scan_from_datasets([ct], limits=InputLimits(max_pixels_per_slice=100))
+    # One file and its dataset give the same scan.
+    cq1 = head_ct / CQ1
+    np.testing.assert_array_equal(load_scan(cq1).pixels, load_scan(pydicom.dcmread(cq1)).pixels)
+
+
+def test_dataset_without_transfer_syntax(pydicom_file):
+    from strokescan.io import scan_from_datasets
+
+    ref = load_scan(pydicom_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    del ds.file_meta.TransferSyntaxUID  # what a dataset built in memory or a headerless file lacks
+    scan = scan_from_datasets(ds)
+    np.testing.assert_array_equal(scan.pixels, ref.pixels)
+    assert scan.is_hu
+
+
+def _enhanced_ct(src: Path, z: list[float], intercepts: list[float]) -> pydicom.Dataset:
+    """A multi-frame 'enhanced' CT built from a single-frame one: geometry and rescale per frame."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(src)
+    frames = len(z)
+    ds.PixelData = ds.PixelData * frames
+    ds.NumberOfFrames = frames
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+    spacing = [float(v) for v in ds.PixelSpacing]
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                    "RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = orientation
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = spacing
+    shared.PixelMeasuresSequence[0].SliceThickness = 2.0
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for zk, bk in zip(z, intercepts):
+        item = Dataset()
+        item.PlanePositionSequence = Sequence([Dataset()])
+        item.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, zk]
+        item.PixelValueTransformationSequence = Sequence([Dataset()])
+        item.PixelValueTransformationSequence[0].RescaleSlope = 1
+        item.PixelValueTransformationSequence[0].RescaleIntercept = bk
+        item.PixelValueTransformationSequence[0].RescaleType = "HU"
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return ds
+
+
+def test_enhanced_multiframe_geometry_and_rescale(tmp_path, pydicom_file):
+    src = pydicom_file("CT_small.dcm")
+    stored = pydicom.dcmread(src).pixel_array.astype(np.float32)
+    ds = _enhanced_ct(src, z=[20.0, 10.0, 0.0], intercepts=[-1000.0, -1010.0, -1020.0])
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path)
+    scan = load_scan(path)
+    assert scan.pixels.shape == (3, 128, 128) and scan.is_hu and scan.orientation == "axial"
+    # Frames are sorted inferior first (z 0, 10, 20 = frames 3, 2, 1) and rescaled with their own intercept.
+    assert [r.frame_number for r in scan.references] == [3, 2, 1]
+    assert scan.slice_sources == [f"{path}#2", f"{path}#1", f"{path}#0"]
+    np.testing.assert_array_equal(scan.pixels[0], stored - 1020)
+    np.testing.assert_array_equal(scan.pixels[2], stored - 1000)
+    np.testing.assert_allclose(scan.slice_positions_mm, [0.0, 10.0, 20.0])
+    assert scan.slice_spacing_mm == pytest.approx(10.0) and scan.slice_thickness_mm == 2.0
+    assert scan.pixel_spacing_mm == pytest.approx((0.661468, 0.661468))
+    assert [r.image_position_patient[2] for r in scan.references] == [0.0, 10.0, 20.0]
+    assert all(r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2.1" for r in scan.references)
+    same = _enhanced_ct(src, z=[5.0, 5.0], intercepts=[-1024.0, -1024.0])  # two phases of one slice
+    with pytest.raises(InconsistentSeriesError, match="2 frames share one slice position"):
+        load_scan(same)
+
+
+def test_colour_multiframe_becomes_grey(pydicom_file):
+    scan = load_scan(pydicom_file("SC_rgb_rle_2frame.dcm"))
+    assert scan.pixels.shape == (2, 100, 100) and scan.was_rgb and not scan.is_hu
+    assert [r.frame_number for r in scan.references] == [1, 2]
+    rgb = pydicom.dcmread(pydicom_file("SC_rgb_rle_2frame.dcm")).pixel_array.astype(np.float32)
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    np.testing.assert_allclose(scan.pixels, luma, atol=1e-3)
+    assert any("colour image" in n for n in scan.notes)
+    palette = load_scan(pydicom_file("examples_palette.dcm"))
+    assert palette.was_rgb and palette.pixels.shape == (1, 350, 800) and palette.pixels.max() > 255
+    ybr = load_scan(pydicom_file("examples_ybr_color.dcm"))  # 30 frames, YBR_FULL_422
+    assert ybr.pixels.shape == (30, 240, 320) and ybr.was_rgb

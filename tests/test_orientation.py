@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 
 from strokescan.config import data_root
+from strokescan.core.geometry import circular_error_deg, rotate_image
 from strokescan.errors import ModelError
-from strokescan.io import load_scan
-from strokescan.models.orientation_net import BUNDLED_DIR, WEIGHTS_FILE, OrientationNet, load_orientation_net
-from strokescan.preprocessing.orientation import (
-    correct_rotation,
-    estimate_rotation,
-    estimate_scan_rotation,
-    rotate_image,
-)
+from strokescan.io import Scan, load_scan
+from strokescan.models.orientation import BUNDLED_DIR, WEIGHTS_FILE, OrientationNet, load_orientation_net
+from strokescan.models.rotation import RotationEstimator
 
 # Held-out fold-0 patients (100, 101), mid-level slices.
 HELD_OUT = ["ctich-kaggle/Brain_Data_Organised/Normal/100 (18).jpg",
@@ -29,7 +25,12 @@ GE = "head-ct-dicom/ge-hispeed-dual_gantry-tilt"
 
 
 def _err(a: float, b: float) -> float:
-    return abs((a - b + 180.0) % 360.0 - 180.0)
+    return float(circular_error_deg(a, b))
+
+
+@pytest.fixture(scope="module")
+def estimator() -> RotationEstimator:
+    return RotationEstimator()
 
 
 def _path(rel: str):
@@ -69,38 +70,39 @@ def test_rotate_image_is_counter_clockwise() -> None:
 
 @pytest.mark.parametrize("rel", HELD_OUT)
 @pytest.mark.parametrize("angle", [0.0, 37.0, 90.0, 180.0, 203.0, 270.0])
-def test_round_trip_known_angles(rel: str, angle: float) -> None:
+def test_round_trip_known_angles(rel: str, angle: float, estimator: RotationEstimator) -> None:
     scan = load_scan(_path(rel))
-    est = estimate_rotation(rotate_image(scan.pixels[0], angle), scan.is_hu)
+    est = estimator.estimate(rotate_image(scan.pixels[0], angle), scan.is_hu)
     assert 0.0 <= est < 360.0
     assert _err(est, angle) <= 12.0
 
 
-def test_phe_sich_face_left_and_its_correction() -> None:
+def test_phe_sich_face_left_and_its_correction(estimator: RotationEstimator) -> None:
     scan = load_scan(_path(PHE))
-    est = estimate_rotation(scan.pixels[0], scan.is_hu)
+    est = estimator.estimate(scan.pixels[0], scan.is_hu)
     assert _err(est, 90.0) <= 15.0
-    upright, applied = correct_rotation(scan.pixels[0], scan.is_hu)
+    upright = rotate_image(scan.pixels[0], -est)
     assert upright.shape == scan.pixels[0].shape
-    assert _err(applied, -est) <= 0.1
-    assert _err(estimate_rotation(upright, scan.is_hu), 0.0) <= 10.0
+    assert _err(estimator.estimate(upright, scan.is_hu), 0.0) <= 10.0
+    assert estimator.slice_angles(scan) == [est]
+    assert estimator.slice_angles(scan, correct_rotation=False) == [0.0]
 
 
-def test_scan_rotation_on_dicom_volume_and_single_jpeg() -> None:
+def test_scan_rotation_on_dicom_volume_and_single_jpeg(estimator: RotationEstimator) -> None:
     vol = load_scan(_path(GE))
     assert vol.is_hu and vol.pixels.shape[0] > 1
-    est = estimate_scan_rotation(vol)
+    est = estimator.estimate_scan(vol)
     assert est is not None and _err(est, 0.0) <= 15.0
+    assert estimator.slice_angles(vol) == [est] * vol.n_slices  # one angle for the whole volume
     turned = dataclasses.replace(vol, pixels=np.stack([rotate_image(s, 90.0) for s in vol.pixels]))
-    est90 = estimate_scan_rotation(turned)
+    est90 = estimator.estimate_scan(turned)
     assert est90 is not None and _err(est90, 90.0) <= 15.0
-    jpg = estimate_scan_rotation(load_scan(_path(HELD_OUT[0])))
+    jpg = estimator.estimate_scan(load_scan(_path(HELD_OUT[0])))
     assert jpg is not None and _err(jpg, 0.0) <= 12.0
 
 
-def test_blank_slice_gives_no_scan_estimate() -> None:
-    from strokescan.io import Scan
-
+def test_blank_slice_gives_no_scan_estimate(estimator: RotationEstimator) -> None:
     blank = Scan(pixels=np.zeros((1, 64, 64), np.float32), is_hu=False, modality="CT", source_format="image",
                  source_path=data_root())
-    assert estimate_scan_rotation(blank) is None
+    assert estimator.estimate_scan(blank) is None
+    assert estimator.slice_angles(blank) == [0.0]

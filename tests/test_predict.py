@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from strokescan.cli import main
+from strokescan.app.cli import main
 from strokescan.config import SAMPLES_DIR
 from strokescan.io import load_scan
 from strokescan.models.classifier import ClassifierPlan, SliceClassifier, save_classifier
-from strokescan.prediction import DEFAULT_CLASSIFIER_DIR, Predictor
+from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
 from strokescan.preprocessing.pipeline import SlicePlan
 
 GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
@@ -80,7 +80,7 @@ def test_table_output_and_a_missing_model_is_a_one_line_error(tiny_model_dir, tm
 
 def test_size_limit_from_the_environment_is_refused_with_exit_2(tmp_path):
     env = {"STROKESCAN_MAX_FILE_MB": "0", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "strokescan.cli", "inspect", str(BLEED)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "strokescan.app.cli", "inspect", str(BLEED)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "limit" in proc.stderr and "Traceback" not in proc.stderr
@@ -154,7 +154,7 @@ def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, blee
 
 
 def test_two_inputs_with_one_name_do_not_overwrite_each_other(tmp_path):
-    from strokescan.cli import output_stem
+    from strokescan.app.batch import output_stem
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -9,19 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from strokescan.datasets.segmentation import (
-    EDEMA,
-    HEMORRHAGE,
-    INFARCT,
-    decode_sample,
-    from_model_frame,
-    to_model_frame,
-)
+from strokescan.core.geometry import from_model_frame, to_model_frame
+from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT
+from strokescan.datasets.lesion_masks import decode_sample
 from strokescan.errors import DataError, ModelError
+from strokescan.inference.quantification import abc2_ml, feret_diameters, quantify_series, slice_areas
+from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR
 from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
 from strokescan.preprocessing.pipeline import SlicePlan
-from strokescan.quantification import abc2_ml, feret_diameters, quantify_series, slice_areas
-from strokescan.training.segmentation import allowed_classes, augment, partial_label_loss
+from strokescan.training.segmenter import allowed_classes, augment, partial_label_loss
 
 torch.set_num_threads(1)
 TINY = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
@@ -185,8 +181,8 @@ def test_quantification_of_a_synthetic_ellipsoid_with_abc2():
     # no spacing: counts, clearly labelled, no ABC/2
     raw = quantify_series(masks, None, None).classes["hemorrhage"]
     assert raw.unit == "voxels" and raw.total == float(inside.sum()) and raw.largest.abc2_ml is None
-    assert slice_areas(masks[15])["hemorrhage"]["unit"] == "px"
-    assert slice_areas(masks[15], (ps, ps))["hemorrhage"]["area"] == pytest.approx(inside[15].sum() * 0.25)
+    assert slice_areas(masks[15])["hemorrhage"].unit == "px"
+    assert slice_areas(masks[15], (ps, ps))["hemorrhage"].area == pytest.approx(inside[15].sum() * 0.25)
 
 
 def test_feret_diameters_of_a_rectangle():
@@ -221,21 +217,23 @@ def test_segmenter_returns_masks_on_the_input_grid_of_a_rotated_phe_sich_slice(t
     from dataclasses import replace
 
     from strokescan.config import SAMPLES_DIR
+    from strokescan.inference import Predictor
     from strokescan.io import load_scan
-    from strokescan.segmentation import Segmenter, write_masks, write_overlays
+    from strokescan.io.writers import write_masks, write_overlays
 
     path = SAMPLES_DIR / "phe-sich_0004_18.png"  # bundled copy of phe-sich/images/0004/0004_18.png
     if not path.is_file():
         pytest.skip("bundled phe-sich sample missing")
     scan = load_scan(path)
     scan = replace(scan, pixels=np.ascontiguousarray(scan.pixels[:, :, 20:470]))  # non-square on purpose
-    seg = Segmenter(tiny_model_dir)
-    masks = seg.segment(scan)
+    predictor = Predictor(segmenter_dir=tiny_model_dir)
+    prepared = predictor.prepare(scan)
+    masks = predictor.segment(prepared)
     assert len(masks) == 1 and masks[0].shape == scan.pixels.shape[1:] and masks[0].dtype == np.uint8
     assert set(np.unique(masks[0])) <= {0, 1, 2, 3}
-    prepared, _ = seg.probabilities(scan)
-    assert prepared[0].rotation_deg != 0.0  # the phe-sich slice was turned upright before the model
-    q = seg.quantify(scan, masks)
+    assert prepared.for_segmenter[0].rotation_deg != 0.0  # the phe-sich slice was turned upright before the model
+    assert prepared.for_segmenter[0].channels.shape == (3, 64, 64)
+    q = predictor.quantify(scan, masks)
     assert not q.spacing_known
     out = write_overlays(scan, masks, tmp_path / "ov", stem="s")
     mp = write_masks(masks, tmp_path / "m", stem="s")
@@ -333,7 +331,7 @@ def test_compare_methods_pairs_the_same_slices_and_bounds_the_difference():
 
 
 def test_training_loop_learns_and_resumes(tmp_path):
-    from strokescan.training.segmentation import SegArrays, SegTrainConfig, train_fold
+    from strokescan.training.segmenter import SegArrays, SegTrainConfig, train_fold
 
     rng = np.random.default_rng(0)
     n, s = 8, 32
@@ -387,7 +385,7 @@ def test_segmentation_and_classifier_share_one_encoder():
 def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_path, monkeypatch, data_root):
     """The whole run on 2 patients per source (wiring, not learning): model + per-source report, then the saved
     model as the start of a second run that only evaluates it (max_epochs 0) keeps its weights."""
-    from strokescan.training.segmentation import SegTrainConfig, run_training
+    from strokescan.training.segmenter import SegTrainConfig, run_training
 
     monkeypatch.setenv("STROKESCAN_CACHE", str(tmp_path / "cache"))
     cfg = SegTrainConfig(max_epochs=1, patience=1, steps_per_epoch=1, batch_size=2, threads=1)
@@ -449,8 +447,8 @@ def _save_nii(path, data, affine):
 def test_full_bhsd_volumes_become_slice_rows_whose_masks_lie_on_their_pixels(tmp_path, data_root):
     """Volume rows expand to lesion slices + sampled lesion-free ones; bhsd-mini is replaced; image and mask of
     a flipped (LPS-like) affine come back in one grid, so the clot label sits on the clot's pixels."""
-    from strokescan.datasets.segmentation import build_segmentation_manifest, row_slice
-    from strokescan.training.segmentation import prepare_sample
+    from strokescan.datasets.lesion_masks import build_segmentation_manifest, row_slice
+    from strokescan.training.segmenter import prepare_sample
 
     flipped = np.diag([-0.5, -0.5, 5.0, 1.0])
     vol, mask = _hu_head_volume((2, 3))
@@ -482,7 +480,7 @@ def test_full_bhsd_volumes_become_slice_rows_whose_masks_lie_on_their_pixels(tmp
 
 
 def test_ctich_nifti_shares_ctich_kaggle_patients_and_their_folds(tmp_path, data_root):
-    from strokescan.datasets.segmentation import build_segmentation_manifest, make_source_folds
+    from strokescan.datasets.lesion_masks import build_segmentation_manifest, make_source_folds
 
     eye = np.diag([0.5, 0.5, 5.0, 1.0])
     rows = ["PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,Epidural,Subdural,No_Hemorrhage"]
@@ -505,7 +503,7 @@ def test_ctich_nifti_shares_ctich_kaggle_patients_and_their_folds(tmp_path, data
 def test_teknofest_rows_label_by_class_folder(tmp_path, data_root):
     from PIL import Image
 
-    from strokescan.datasets.segmentation import build_segmentation_manifest
+    from strokescan.datasets.lesion_masks import build_segmentation_manifest
 
     def png(path, arr):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -539,14 +537,15 @@ def _script(name: str):
     return module
 
 
-def test_train_script_refuses_a_bad_public_set_in_one_line(tmp_path, capsys):
-    script = _script("train_segmentation")
+def test_train_segmenter_refuses_a_bad_public_set_in_one_line(tmp_path, capsys):
+    from strokescan.app.cli import main
+
     with pytest.raises(SystemExit) as exc:
-        script.main(["--out", str(tmp_path / "a"), "--public", "rsna-ich=/x"])
+        main(["train", "segmenter", "--out", str(tmp_path / "a"), "--public", "rsna-ich=/x"])
     assert exc.value.code == 2 and "NAME=FOLDER" in capsys.readouterr().err
-    assert script.main(["--out", str(tmp_path / "b"), "--public", f"bhsd={tmp_path / 'missing'}"]) == 2
+    assert main(["train", "segmenter", "--out", str(tmp_path / "b"), "--public", f"bhsd={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "missing" in err and len(err.splitlines()) == 1
+    assert err.startswith("strokescan: error:") and "missing" in err and len(err.splitlines()) == 1
 
 
 def test_compare_runs_pairs_held_out_slices_and_refuses_runs_with_other_folds(tmp_path, capsys):
@@ -566,8 +565,6 @@ def test_compare_runs_pairs_held_out_slices_and_refuses_runs_with_other_folds(tm
 
 
 def test_flip_tta_check_refuses_the_held_out_fold(tmp_path, capsys):
-    from strokescan.segmentation import DEFAULT_SEGMENTER_DIR
-
     held_out = load_segmenter(DEFAULT_SEGMENTER_DIR)[1].training["test_fold"]
     assert _script("segmentation_flip_tta").main(["--folds", str(tmp_path / "f.json"), "--fold", str(held_out)]) == 2
     assert "held-out fold" in capsys.readouterr().err
@@ -575,7 +572,7 @@ def test_flip_tta_check_refuses_the_held_out_fold(tmp_path, capsys):
 
 def test_run_training_refuses_folds_that_miss_patients_of_this_run(tmp_path, data_root):
     """A resumed run whose sets changed (e.g. another --public) would train its new patients in every fold."""
-    from strokescan.training.segmentation import SegTrainConfig, run_training
+    from strokescan.training.segmenter import SegTrainConfig, run_training
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "folds.json").write_text(json.dumps({"n_folds": 3, "folds": {"0": ["x"], "1": [], "2": []}}))

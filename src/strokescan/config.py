@@ -1,4 +1,5 @@
-"""All configuration in one place: paths, limits, window presets, model input size.
+"""All configuration in one place: paths (environment or XDG defaults, never the source tree), input limits,
+inference threads, thresholds of the head masks, model input size.
 
 Values that a run decides from data (folds, thresholds, calibration) are not here: they are written to
 plan files beside each model and read back (see ``strokescan.models``).
@@ -11,22 +12,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent.parent
-RESOURCES_DIR = PACKAGE_DIR / "resources"
+RESOURCES_DIR = PACKAGE_DIR / "resources"  # read-only package data: bundled models, committed folds
 BUNDLED_MODELS_DIR = RESOURCES_DIR / "models"
 SAMPLES_DIR = PACKAGE_DIR / "samples"  # the demo's sample slices, with ATTRIBUTION.md
 
 
+def _xdg(variable: str, default: str) -> Path:
+    return Path(os.environ.get(variable) or Path.home() / default).expanduser() / "strokescan"
+
+
 def data_root() -> Path:
-    """Folder holding the shared datasets: ``$STROKESCAN_DATA`` or ``../shared/data`` beside the repo."""
+    """Folder holding the datasets (read-only): ``$STROKESCAN_DATA``; else ``$XDG_DATA_HOME/strokescan/data``
+    when it exists; else ``../shared/data`` from the current directory (the developers' layout)."""
     env = os.environ.get("STROKESCAN_DATA")
-    return Path(env).expanduser().resolve() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = _xdg("XDG_DATA_HOME", ".local/share") / "data"
+    if xdg.is_dir():
+        return xdg
+    beside = (Path.cwd().parent / "shared" / "data").resolve()
+    return beside if beside.is_dir() else xdg
 
 
 def cache_root() -> Path:
-    """Git-ignored folder for preprocessed tensors and features: ``$STROKESCAN_CACHE`` or ``.cache/``."""
+    """Folder for preprocessed tensors and features: ``$STROKESCAN_CACHE``, else ``$XDG_CACHE_HOME/strokescan``
+    (``~/.cache/strokescan``)."""
     env = os.environ.get("STROKESCAN_CACHE")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache"
+    return Path(env).expanduser().resolve() if env else _xdg("XDG_CACHE_HOME", ".cache")
+
+
+def torch_threads() -> int | None:
+    """Intra-op threads for inference: ``$STROKESCAN_TORCH_THREADS`` (unset: torch's default, one per core)."""
+    value = os.environ.get("STROKESCAN_TORCH_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 @dataclass(frozen=True)
@@ -51,33 +69,6 @@ LIMITS = InputLimits(
     max_voxels=_env_int("STROKESCAN_MAX_VOXELS", InputLimits.max_voxels),
 )
 
-
-@dataclass(frozen=True)
-class Window:
-    """A CT display window in Hounsfield units."""
-
-    center: float
-    width: float
-
-    @property
-    def low(self) -> float:
-        return self.center - self.width / 2
-
-    @property
-    def high(self) -> float:
-        return self.center + self.width / 2
-
-
-# Common neuroradiology presets (center/width, HU).
-WINDOW_PRESETS: dict[str, Window] = {
-    "brain": Window(40, 80),
-    "subdural": Window(75, 215),
-    "stroke": Window(40, 40),
-    "bone": Window(600, 2800),
-}
-
-# The window that the 8-bit CT-ICH JPEGs were exported with (data README): level 40, width 120.
-CTICH_EXPORT_WINDOW = Window(40, 120)
 
 # Pixel value (8-bit windowed images) or HU above which a pixel counts as skull/bone.
 BONE_THRESHOLD_8BIT = 250

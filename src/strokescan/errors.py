@@ -49,6 +49,17 @@ class MultipleSeriesError(InputError):
         self.series = series
 
 
+class OutOfScopeError(InputError):
+    """A readable scan the models were not made for (not CT, not the head, a localizer, not axial...).
+
+    ``reason`` is the one-line why, as :func:`strokescan.io.scope.scope_problem` gives it.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class DataError(StrokescanError):
     """A dataset folder is missing or does not have the layout its adapter expects."""
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from strokescan.datasets.local import load_phe_sich
 from strokescan.evaluation.report import cross_validation_figures, external_figures, write_report
-from strokescan.prediction import Predictor
+from strokescan.inference import Predictor
 
 log = logging.getLogger(__name__)
 

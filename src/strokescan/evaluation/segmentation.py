@@ -43,10 +43,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from strokescan.datasets.segmentation import EDEMA, HEMORRHAGE, INFARCT
+from strokescan.config import BONE_THRESHOLD_8BIT
+from strokescan.core.labels import EDEMA, HEMORRHAGE, LESION_CLASSES
 from strokescan.evaluation.metrics import patient_bootstrap
+from strokescan.preprocessing.masking import head_masks
 
-CLASS_NAMES = {HEMORRHAGE: "hemorrhage", EDEMA: "edema", INFARCT: "infarct"}
 _EIGHT = np.ones((3, 3), bool)
 
 
@@ -94,14 +95,14 @@ def evaluate_slices(rows: pd.DataFrame, preds: list[np.ndarray], truths: list[np
     """Long table: one line per (slice, labelled lesion class)."""
     out = []
     for i, (_, row) in enumerate(rows.iterrows()):
-        for c, name in CLASS_NAMES.items():
+        for c in LESION_CLASSES:
             if not labelled[i, c]:
                 continue
             m = slice_metrics(preds[i], truths[i], c)
             frame = row.get("frame")
             out.append({"method": method, "source": row["source"], "patient": row["patient"],
                         "image_path": row["image_path"], "frame": -1 if frame is None or pd.isna(frame) else int(frame),
-                        "class": name, **m})
+                        "class": c.label, **m})
     return pd.DataFrame(out)
 
 
@@ -178,9 +179,6 @@ def threshold_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, min_px: 
     the cut is relative to the slice's own brain: ``median + k * IQR`` of the brain pixels (both scale
     with the window width, so ``k`` carries over between windows), below the bone threshold.
     """
-    from strokescan.config import BONE_THRESHOLD_8BIT
-    from strokescan.preprocessing.masking import head_masks
-
     if brain is None:
         brain = head_masks(pixels, is_hu).brain
     inner = ndi.binary_erosion(brain, iterations=2)
@@ -205,8 +203,6 @@ def threshold_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, min_px: 
 def edema_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, lo: float = 0.5, ring_px: float = 20.0,
                    min_px: int = 20, brain: np.ndarray | None = None) -> np.ndarray:
     """Edema class-id mask (2 = edema) by a hypodense ring around the baseline's clot (see module doc)."""
-    from strokescan.preprocessing.masking import head_masks
-
     if brain is None:
         brain = head_masks(pixels, is_hu).brain
     inner = ndi.binary_erosion(brain, iterations=2)
@@ -239,8 +235,6 @@ def fit_edema_baseline(images: list[np.ndarray], truths: list[np.ndarray], ks=(1
                        los=(0.0, 0.5, 1.0), rings=(10.0, 20.0, 30.0)) -> tuple[dict, dict]:
     """The (``k``, ``lo``, ``ring_px``) of the 8-bit edema rule with the best pooled edema Dice on the given
     (training) slices, and every setting's score."""
-    from strokescan.preprocessing.masking import head_masks
-
     brains = [head_masks(img, False).brain for img in images]
     scores = {}
     for k, lo, ring in itertools.product(ks, los, rings):
@@ -258,8 +252,6 @@ def fit_edema_baseline(images: list[np.ndarray], truths: list[np.ndarray], ks=(1
 def fit_threshold_baseline(images: list[np.ndarray], truths: list[np.ndarray],
                            ks=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)) -> tuple[float, dict]:
     """The ``k`` (8-bit rule) with the best pooled hemorrhage Dice on the given (training) slices."""
-    from strokescan.preprocessing.masking import head_masks
-
     brains = [head_masks(img, False).brain for img in images]
     scores = {}
     for k in ks:

@@ -1,18 +1,40 @@
-"""Readers: :func:`load_scan` turns a path (image, DICOM file/folder/zip, NIfTI) into a :class:`Scan`."""
+"""Readers: :func:`load_scan` turns a path (image, DICOM file/folder/zip, NIfTI) or in-memory DICOM datasets
+into a :class:`Scan`; :func:`scope_problem` says whether the models were made for it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from strokescan.config import LIMITS, InputLimits
 from strokescan.errors import EmptyInputError, PathNotFoundError, UnsupportedFormatError
-from strokescan.io.dicom import has_dicom_magic, read_dicom_file, read_dicom_folder, read_dicom_zip, read_header
+from strokescan.io.dicom import (
+    has_dicom_magic,
+    read_dicom_file,
+    read_dicom_folder,
+    read_dicom_zip,
+    read_header,
+    scan_from_datasets,
+)
 from strokescan.io.images import IMAGE_SUFFIXES, read_image
 from strokescan.io.limits import check_file
 from strokescan.io.nifti import is_nifti_path, read_nifti
-from strokescan.io.scan import Scan, ScanIdentifiers
+from strokescan.io.scan import Scan, ScanIdentifiers, SliceIdentity
+from strokescan.io.scope import require_in_scope, scope_problem
 
-__all__ = ["Scan", "ScanIdentifiers", "discover_inputs", "load_scan", "sniff_format"]
+__all__ = [
+    "Scan",
+    "ScanIdentifiers",
+    "SliceIdentity",
+    "discover_inputs",
+    "load_scan",
+    "require_in_scope",
+    "scan_from_datasets",
+    "scope_problem",
+    "sniff_format",
+]
 
 _MAGIC = {b"\xff\xd8\xff": "image", b"\x89PNG": "image", b"PK\x03\x04": "zip", b"PK\x05\x06": "zip"}
 
@@ -38,13 +60,18 @@ def sniff_format(path: Path, limits: InputLimits = LIMITS) -> str:
     )
 
 
-def load_scan(path: str | Path, series: str | None = None, limits: InputLimits = LIMITS) -> Scan:
+def load_scan(
+    path: str | Path | Dataset | Sequence[Dataset], series: str | None = None, limits: InputLimits = LIMITS
+) -> Scan:
     """Read ``path`` into a :class:`Scan`.
 
-    ``path`` may be a JPEG/PNG slice, a DICOM file, a folder or .zip holding a DICOM series, or a NIfTI
-    volume. ``series`` picks one series (its index or SeriesInstanceUID) where a folder holds several.
-    Raises a subclass of :class:`strokescan.errors.InputError` for anything it cannot read.
+    ``path`` may be a JPEG/PNG slice, a DICOM file, a folder or .zip holding a DICOM series, a NIfTI
+    volume, or in-memory :class:`pydicom.Dataset` objects (one, or a list: one series; see
+    :func:`scan_from_datasets`). ``series`` picks one series (its index or SeriesInstanceUID) where a folder
+    holds several. Raises a subclass of :class:`strokescan.errors.InputError` for anything it cannot read.
     """
+    if isinstance(path, Dataset) or (isinstance(path, Sequence) and not isinstance(path, (str, bytes))):
+        return scan_from_datasets(path, series=series, limits=limits)  # type: ignore[arg-type]
     path = Path(path)
     if not path.exists():
         raise PathNotFoundError(f"{path}: no such file or folder")

@@ -32,6 +32,36 @@ class ScanIdentifiers:
         return f"ScanIdentifiers(<hidden: {', '.join(present) or 'none'}>)"
 
 
+@dataclass(frozen=True)
+class SliceIdentity:
+    """Where one slice of a DICOM scan came from: the UIDs and geometry a DICOM SEG or SR needs to point at it.
+
+    One per slice, in the Scan's slice order (``Scan.references``). UIDs identify a study, hence a patient:
+    like :class:`ScanIdentifiers` they are never printed, logged or written unless the operator opts in, and
+    ``repr`` hides them.
+    """
+
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    series_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    frame_of_reference_uid: str | None = None
+    frame_number: int | None = None  # 1-based frame of a multi-frame object; None for a single-frame one
+    image_position_patient: tuple[float, float, float] | None = None  # mm, of the first transmitted pixel
+    image_orientation_patient: tuple[float, float, float, float, float, float] | None = None  # row, column cosines
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def __repr__(self) -> str:
+        frame = f", frame {self.frame_number}" if self.frame_number is not None else ""
+        return f"SliceIdentity(<hidden{frame}>)"
+
+
 @dataclass
 class Scan:
     """A CT (or other) image as strokescan sees it, whatever file it came from.
@@ -56,6 +86,13 @@ class Scan:
     was_rgb: bool = False
     identifiers: ScanIdentifiers = field(default_factory=ScanIdentifiers)
     notes: list[str] = field(default_factory=list)  # facts a reader wants a person to know
+    # Header facts that say what the scan is (see strokescan.io.scope); none of them identifies a patient.
+    sop_class_uid: str | None = None  # a standard class (e.g. CT Image Storage), not an instance UID
+    body_part: str | None = None  # BodyPartExamined as written (upper case), None when absent
+    image_type: tuple[str, ...] = ()  # ImageType values, e.g. ("ORIGINAL", "PRIMARY", "AXIAL")
+    slice_normal: tuple[float, float, float] | None = None  # unit normal of the slices in patient axes (x, y, z)
+    # DICOM input only: one SliceIdentity per slice, in slice order (identifying: see SliceIdentity).
+    references: list[SliceIdentity] | None = field(default=None, repr=False)
 
     @property
     def n_slices(self) -> int:
@@ -89,8 +126,26 @@ class Scan:
             "orientation": self.orientation,
             "gantry_tilt_deg": self.gantry_tilt_deg,
             "was_rgb": self.was_rgb,
+            "sop_class": sop_class_name(self.sop_class_uid),
+            "body_part": self.body_part,
+            "image_type": "\\".join(self.image_type) or None,  # DICOM's own notation: ORIGINAL\\PRIMARY\\AXIAL
             "notes": list(self.notes),
         }
         if include_identifiers:
             out["identifiers"] = self.identifiers.as_dict()
+            if self.references is not None:
+                out["references"] = [r.as_dict() for r in self.references]
         return out
+
+
+def sop_class_name(uid: str | None) -> str | None:
+    """'CT Image Storage' for a standard SOP class UID, the UID itself for a private one, None for none.
+
+    A plain dictionary look-up: building a pydicom ``UID`` would validate the value and warn with it.
+    """
+    if not uid:
+        return None
+    from pydicom.uid import UID_dictionary
+
+    entry = UID_dictionary.get(str(uid).strip())
+    return entry[0] if entry and entry[1] == "SOP Class" else str(uid).strip()

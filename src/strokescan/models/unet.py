@@ -1,6 +1,7 @@
 """The lesion segmentation network: a 2-D U-Net with four output classes, and its save/load.
 
-Classes (per pixel): 0 background, 1 hemorrhage (the clot), 2 perihematomal edema, 3 ischemic infarct.
+Classes (per pixel): :class:`strokescan.core.labels.LesionClass` (0 background, 1 hemorrhage, 2 perihematomal
+edema, 3 ischemic infarct).
 
 Two architectures share one interface (``(N, 3, S, S)`` inputs in [0, 1], the channels of
 :func:`strokescan.preprocessing.pipeline.prepare_slice`, to ``(N, 4, S, S)`` logits):
@@ -28,19 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from strokescan.core.labels import CLASS_NAMES, N_CLASSES
 from strokescan.errors import ModelError
+from strokescan.models.encoder import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.pipeline import SlicePlan
 
-CLASSES: tuple[str, ...] = ("background", "hemorrhage", "edema", "infarct")
-N_CLASSES = len(CLASSES)
-BACKGROUND, HEMORRHAGE, EDEMA, INFARCT = range(N_CLASSES)
-LESION_CLASSES: tuple[int, ...] = (HEMORRHAGE, EDEMA, INFARCT)
 SEG_INPUT_SIZE = 256
 WEIGHTS_FILE = "segmenter.pt"
 PLAN_FILE = "segmenter.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Encoder blocks whose outputs feed the decoder (strides 2, 4, 8, 16); the last block is the bottleneck.
 SKIP_BLOCKS = (0, 2, 4, 10)
 
@@ -93,9 +90,7 @@ class EffUNet(nn.Module):
 
     def __init__(self, config: UNetConfig = UNetConfig(), pretrained: bool = True) -> None:
         super().__init__()
-        from strokescan.models.classifier import _efficientnet_lite0
-
-        net = _efficientnet_lite0(pretrained)
+        net = efficientnet_lite0(pretrained)
         self.config = config
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = nn.ModuleList(net._blocks)
@@ -166,7 +161,7 @@ class BasicSegUNet(nn.Module):
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
-        from monai.networks.nets import BasicUNet
+        from monai.networks.nets import BasicUNet  # only this architecture needs MONAI: keeps it off inference
 
         self.config = config
         self.net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=config.n_classes,
@@ -191,7 +186,7 @@ class SegmenterPlan:
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     slice_plan: SlicePlan = field(default_factory=lambda: SlicePlan(size=SEG_INPUT_SIZE))
-    classes: tuple[str, ...] = CLASSES
+    classes: tuple[str, ...] = CLASS_NAMES
     min_lesion_px: int = 10  # connected components smaller than this (input grid) are dropped at inference
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """From one slice of a :class:`~strokescan.io.Scan` to the model input, the same way in training and use.
 
-Steps: display values in [0, 1] (HU through the window the training JPEGs were exported with), optional
-rotation correction, head crop, skull suppression, three channels (image, skull-suppressed image, blood
+Steps: display values in [0, 1] (HU through the window the training JPEGs were exported with), rotation
+by the angle the caller gives (estimated by :class:`strokescan.models.rotation.RotationEstimator`), head crop, skull suppression, three channels (image, skull-suppressed image, blood
 range stretched), resize to a square. The parameters are a :class:`SlicePlan`, stored with every model.
 """
 
@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, replace
 import cv2
 import numpy as np
 
-from strokescan.config import BONE_THRESHOLD_8BIT, CTICH_EXPORT_WINDOW, MODEL_INPUT_SIZE
+from strokescan.config import BONE_THRESHOLD_8BIT, MODEL_INPUT_SIZE
+from strokescan.core.geometry import Box, rotate_image
+from strokescan.core.windows import display_unit
 from strokescan.preprocessing.masking import head_masks, suppress_skull
-from strokescan.preprocessing.windowing import apply_window
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SlicePlan:
 
     size: int = MODEL_INPUT_SIZE
     crop_margin: float = 0.04  # fraction of the head box added on each side
-    correct_rotation: bool = True  # at inference; training data is upright already
+    correct_rotation: bool = True  # at inference the Predictor estimates and removes the rotation; training data is upright
     blood_low: float = 0.55  # display value range stretched in channel 3 (about 45..90 HU on a 40/120 window)
     blood_high: float = 0.95
 
@@ -37,19 +38,12 @@ class PreparedSlice:
     """Model input of one slice and how it maps back to the original pixel grid."""
 
     channels: np.ndarray  # (3, size, size) float32 in [0, 1]
-    box: tuple[int, int, int, int]  # (row0, col0, row1, col1) of the crop in the (rotated) slice
+    box: Box  # (row0, col0, row1, col1) of the crop in the (rotated) slice
     rotation_deg: float  # angle removed by rotation correction (0 when not applied)
     brain_fraction: float  # brain mask area / slice area, to tell slices without brain
 
 
-def display_unit(pixels: np.ndarray, is_hu: bool) -> np.ndarray:
-    """Slice values in [0, 1]: HU through the CT-ICH export window (40/120), 8-bit values / 255."""
-    if is_hu:
-        return apply_window(pixels, CTICH_EXPORT_WINDOW)
-    return np.clip(np.asarray(pixels, np.float32) / 255.0, 0.0, 1.0)
-
-
-def head_box(head: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+def head_box(head: np.ndarray, margin: float) -> Box:
     """Square box around the head mask, with a margin, clipped to the image."""
     rows, cols = np.nonzero(head)
     h, w = head.shape
@@ -62,13 +56,13 @@ def head_box(head: np.ndarray, margin: float) -> tuple[int, int, int, int]:
     return r0, c0, min(h, r0 + side), min(w, c0 + side)
 
 
-def prepare_slice(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float | None = None) -> PreparedSlice:
-    """Model input for one 2-D slice. ``rotation_deg`` None estimates it when the plan says so."""
+def prepare_slice(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float = 0.0) -> PreparedSlice:
+    """Model input for one 2-D slice turned back by ``rotation_deg`` (its counter-clockwise angle from upright)."""
     return prepare_slices(pixels, is_hu, [plan], rotation_deg)[0]
 
 
 def prepare_slices(pixels: np.ndarray, is_hu: bool, plans: Sequence[SlicePlan],
-                   rotation_deg: float | None = None) -> list[PreparedSlice]:
+                   rotation_deg: float = 0.0) -> list[PreparedSlice]:
     """:func:`prepare_slice` for several models' plans at once (the classifier's and the U-Net's): windowing,
     rotation and masks run once for plans that differ only in ``size``."""
     full: dict[SlicePlan, tuple] = {}
@@ -84,18 +78,13 @@ def prepare_slices(pixels: np.ndarray, is_hu: bool, plans: Sequence[SlicePlan],
     return out
 
 
-def _full_resolution(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float | None
-                     ) -> tuple[np.ndarray, tuple[int, int, int, int], float, float]:
+def _full_resolution(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_deg: float
+                     ) -> tuple[np.ndarray, Box, float, float]:
     """(cropped 3-channel stack before resizing, crop box, rotation applied, brain fraction)."""
-    from strokescan.preprocessing import orientation
-
     unit = display_unit(pixels, is_hu)
-    angle = 0.0
-    if rotation_deg is None and plan.correct_rotation:
-        rotation_deg = orientation.estimate_rotation(pixels, is_hu)
-    if rotation_deg:
-        angle = float(rotation_deg)
-        unit = orientation.rotate_image(unit, -angle)
+    angle = float(rotation_deg or 0.0)
+    if angle:
+        unit = rotate_image(unit, -angle)
     masks = head_masks(unit * 255.0, is_hu=False)
     brain_only = suppress_skull(unit, masks.brain)
     not_bone = masks.brain & (unit < BONE_THRESHOLD_8BIT / 255.0)

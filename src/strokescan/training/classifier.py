@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from strokescan.config import SEED
-from strokescan.evaluation.calibration import PlattCalibrator
+from strokescan.evaluation.calibration import fit_platt
 from strokescan.evaluation.thresholds import threshold_for_sensitivity
 from strokescan.models.classifier import TRAINABLE_FROM, ClassifierPlan, SliceClassifier, save_classifier
 from strokescan.preprocessing.pipeline import SlicePlan
@@ -151,7 +151,7 @@ def cross_validate(
         )
         val_logits = predict_logits(model, feats[0, val])
         test_logits = predict_logits(model, feats[0, test])
-        calibrator = PlattCalibrator.fit(val_logits, labels[val])
+        calibrator = fit_platt(val_logits, labels[val])
         val_prob = calibrator(val_logits)
         threshold = threshold_for_sensitivity(labels[val], val_prob, cfg.target_sensitivity)
         val_all = row_fold == val_k
@@ -208,7 +208,7 @@ def train_classifier(
     labels = oof["label"].to_numpy(dtype=float)
     epochs = int(np.median(oof.groupby("fold")["best_epoch"].first()))
     model, _, history = train_top(feats[:, known], labels[known], None, None, cfg, epochs=epochs, desc="final")
-    calibrator = PlattCalibrator.fit(oof.loc[known, "logit"].to_numpy(), labels[known])
+    calibrator = fit_platt(oof.loc[known, "logit"].to_numpy(), labels[known])
     prob = calibrator(oof["logit"].to_numpy())
     slice_threshold = threshold_for_sensitivity(labels[known], prob[known], cfg.target_sensitivity)
     scans = pd.DataFrame({"patient": oof["patient"], "p": prob, "y": oof["patient_label"].astype(float)})

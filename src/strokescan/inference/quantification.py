@@ -18,9 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from strokescan.datasets.segmentation import EDEMA, HEMORRHAGE, INFARCT
-
-CLASS_NAMES = {HEMORRHAGE: "hemorrhage", EDEMA: "edema", INFARCT: "infarct"}
+from strokescan.core.labels import LESION_CLASSES, LesionClass
 _STRUCT_3D = ndi.generate_binary_structure(3, 2)  # 18-connectivity across slices
 _STRUCT_2D = ndi.generate_binary_structure(2, 2)  # 8-connectivity in-plane
 
@@ -31,13 +29,25 @@ def pixel_area_mm2(pixel_spacing_mm) -> float | None:
     return float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
 
 
-def slice_areas(mask: np.ndarray, pixel_spacing_mm=None) -> dict[str, dict]:
-    """Area of each lesion class on one slice: ``{name: {"area": value, "unit": "mm2" | "px", "pixels": n}}``."""
+@dataclass
+class LesionArea:
+    """One lesion class on one slice."""
+
+    pixels: int
+    area: float
+    unit: str  # "mm2" when the pixel spacing is known, else "px"
+
+    def to_dict(self) -> dict:
+        return {"pixels": self.pixels, "area": round(self.area, 2), "unit": self.unit}
+
+
+def slice_areas(mask: np.ndarray, pixel_spacing_mm=None) -> dict[str, LesionArea]:
+    """Area of each lesion class on one slice, by class name (mm² when the spacing is known, else px)."""
     px_area = pixel_area_mm2(pixel_spacing_mm)
     out = {}
-    for c, name in CLASS_NAMES.items():
+    for c in LESION_CLASSES:
         n = int((mask == c).sum())
-        out[name] = {"pixels": n, "area": n * px_area if px_area else float(n), "unit": "mm2" if px_area else "px"}
+        out[c.label] = LesionArea(pixels=n, area=n * px_area if px_area else float(n), unit="mm2" if px_area else "px")
     return out
 
 
@@ -123,7 +133,8 @@ def quantify_series(masks, pixel_spacing_mm=None, slice_spacing_mm: float | None
                                pixel_spacing_mm=list(pixel_spacing_mm) if pixel_spacing_mm else None,
                                slice_spacing_mm=slice_spacing_mm)
     spacing_rc = tuple(float(s) for s in pixel_spacing_mm) if pixel_spacing_mm else (1.0, 1.0)
-    for c, name in CLASS_NAMES.items():
+    for c in LESION_CLASSES:
+        name = c.label
         m = vol == c
         counts = m.reshape(len(m), -1).sum(axis=1) if len(m) else np.zeros(0)
         per_slice = [float(n * px_area) if px_area else float(n) for n in counts]
@@ -146,11 +157,11 @@ def quantify_series(masks, pixel_spacing_mm=None, slice_spacing_mm: float | None
                 largest_slice=big, largest_slice_area=float(per[big] * px_area) if px_area else float(per[big]),
                 area_unit=area_unit,
             )
-            if c == HEMORRHAGE and voxel_ml:
+            if c == LesionClass.HEMORRHAGE and voxel_ml:
                 a_mm, b_mm = feret_diameters(np.argwhere(comp[big]), spacing_rc)
                 c_mm = len(present) * float(slice_spacing_mm)
                 summ.abc = {"A_mm": round(a_mm, 2), "B_mm": round(b_mm, 2), "C_mm": round(c_mm, 2)}
-                summ.abc2_ml = a_mm * b_mm * c_mm / 2.0 / 1000.0
+                summ.abc2_ml = abc2_ml(a_mm, b_mm, c_mm)
             q.largest = summ
         out.classes[name] = q
     return out

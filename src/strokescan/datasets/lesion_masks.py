@@ -1,14 +1,14 @@
 """The multi-source lesion segmentation set: per slice an image, a class-id mask and what the source labels.
 
 Classes: 0 background, 1 hemorrhage (clot), 2 perihematomal edema, 3 ischemic infarct
-(:data:`strokescan.models.unet.CLASSES`).
+(:class:`strokescan.core.labels.LesionClass`).
 
 No source labels every class. Each sample therefore carries, besides its class-id ``target``:
 
 ``unknown``
     a per-pixel bitmask (uint8, bit ``c`` = class ``c``) of classes the source does not label at that pixel.
     It is 0 where ``target`` > 0 (a marked pixel is that class). The partial-label loss
-    (:mod:`strokescan.training.segmentation`) lets a pixel with target 0 be background *or* any class in its
+    (:mod:`strokescan.training.segmenter`) lets a pixel with target 0 be background *or* any class in its
     ``unknown`` bits, so a prediction of a class the source never labels is not punished.
 ``labelled``
     per class, whether the sample labels it everywhere (no pixel has its unknown bit). Dice terms and the
@@ -66,17 +66,22 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
 
 from strokescan.config import SEED
+from strokescan.core.geometry import circular_median_deg
+from strokescan.core.labels import BACKGROUND, EDEMA, HEMORRHAGE, INFARCT
+from strokescan.datasets import local
+from strokescan.datasets.manifest import finalize
+from strokescan.datasets.public import PUBLIC_LOADERS
+from strokescan.datasets.splits import make_patient_folds
 from strokescan.errors import DataError
+from strokescan.io import Scan, load_scan
+from strokescan.models.rotation import RotationEstimator
 
-BACKGROUND, HEMORRHAGE, EDEMA, INFARCT = 0, 1, 2, 3
-N_CLASSES = 4
 ALL_BITS = (1 << HEMORRHAGE) | (1 << EDEMA) | (1 << INFARCT)
 
 #: Classes each source labels everywhere (background is always labelled where a mask exists).
@@ -107,11 +112,9 @@ PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, 
 
 
 @lru_cache(maxsize=4)
-def _scan(path: str):
+def _scan(path: str) -> Scan:
     """The :class:`~strokescan.io.scan.Scan` of ``path``; the last few are kept (a volume's slices come in a row;
     files are assumed not to change while a process runs)."""
-    from strokescan.io import load_scan
-
     return load_scan(path)
 
 
@@ -325,9 +328,7 @@ def _volume_slices(m: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         raise DataError("no volume with a mask")
     out = pd.DataFrame(rows)
-    from strokescan.datasets.local import SUBTYPES
-
-    for col in (*SUBTYPES.values(), "fracture"):
+    for col in (*local.SUBTYPES.values(), "fracture"):
         out[col] = pd.NA  # volume- or differently-indexed labels: not this slice's
     return out
 
@@ -350,9 +351,6 @@ def _teknofest_rows(m: pd.DataFrame) -> pd.DataFrame:
 
 def _public_rows(name: str, folder, negatives_per_patient: int, seed: int) -> pd.DataFrame:
     """The segmentation rows of one full public set (see the module doc)."""
-    from strokescan.datasets.manifest import finalize
-    from strokescan.datasets.public import PUBLIC_LOADERS
-
     if name not in PUBLIC_LABELLED:
         raise DataError(f"{name}: not a segmentation set (choose from {', '.join(PUBLIC_LABELLED)})")
     m = PUBLIC_LOADERS[name](folder, read_masks=False) if name == "bhsd" else PUBLIC_LOADERS[name](folder)
@@ -376,8 +374,6 @@ def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCE
     replaces the mini sets cut from it, and contributes its lesion slices plus up to
     ``ctich_negatives_per_patient`` lesion-free slices per patient.
     """
-    from strokescan.datasets import local
-
     loaders = {
         "bhsd-mini": local.load_bhsd_mini, "phe-sich": local.load_phe_sich, "aisd-mini": local.load_aisd_mini,
         "cpaisd-mini": local.load_cpaisd_mini, "realtime-mini": local.load_realtime_mini,
@@ -412,8 +408,6 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
     shuffle. A source whose patient ids are another's (ctich-nifti uses ctich-kaggle's) is split with it, so a
     patient lands in one fold. Returns the folds dict of :mod:`strokescan.datasets.splits`.
     """
-    from strokescan.datasets.splits import make_patient_folds
-
     folds: dict[str, list[str]] = {str(k): [] for k in range(n_folds)}
     group = manifest["patient"].str.split(":").str[0]  # the source, or the set whose ids a source shares
     for i, (src, g) in enumerate(manifest.groupby(group, sort=True)):
@@ -432,20 +426,18 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model-frame preparation (the same crop/rotation as the foundation's prepare_slice).
+# Rotation of the sources that are not upright (the model-frame mapping is strokescan.core.geometry).
 
 
 def training_rotation(manifest: pd.DataFrame, load=None) -> dict[str, float]:
     """Angle (degrees counter-clockwise from upright) per patient for rotated sources; other patients 0.
 
-    phe-sich is documented as turned about 90° (face left): per slice :func:`estimate_rotation` gives the
+    phe-sich is documented as turned about 90° (face left): per slice the rotation estimator gives the
     midline axis; its front/back choice is unreliable on these slices, so the angle is folded into [0, 180)
     (face to the left, as documented) and the patient gets the circular median of its middle slices.
     """
-    from strokescan.io import load_scan
-    from strokescan.preprocessing.orientation import circular_median_deg, estimate_rotation
-
     load = load or load_scan
+    estimator = RotationEstimator()
     out: dict[str, float] = {}
     for p, g in manifest[manifest["source"] == "phe-sich"].groupby("patient", sort=True):
         g = g.sort_values("slice_index")
@@ -454,37 +446,6 @@ def training_rotation(manifest: pd.DataFrame, load=None) -> dict[str, float]:
         angles = []
         for path in picks["image_path"]:
             scan = load(path)
-            angles.append(estimate_rotation(scan.pixels[0], scan.is_hu) % 180.0)
+            angles.append(estimator.estimate(scan.pixels[0], scan.is_hu) % 180.0)
         out[p] = round(circular_median_deg(np.array(angles) * 2.0) / 2.0, 1) if angles else 90.0
     return out
-
-
-def to_model_frame(label_map: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float, size: int) -> np.ndarray:
-    """A label image (class ids or bitmask) in the input grid -> the model's square frame (nearest)."""
-    from strokescan.preprocessing.orientation import rotate_image
-
-    a = label_map
-    if rotation_deg:
-        a = rotate_image(a, -rotation_deg, order=0)
-    r0, c0, r1, c1 = box
-    a = np.ascontiguousarray(a[r0:r1, c0:c1])
-    return cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
-
-
-def from_model_frame(probs: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float,
-                     shape: tuple[int, int]) -> np.ndarray:
-    """Class probabilities ``(C, size, size)`` in the model frame -> class ids ``(rows, cols)`` in the input grid.
-
-    Probabilities are resized (linear) to the crop box, argmax'ed, pasted into the rotated slice's grid,
-    and turned back by ``rotation_deg`` (nearest), so the mask lies on the input's own pixels.
-    """
-    from strokescan.preprocessing.orientation import rotate_image
-
-    r0, c0, r1, c1 = box
-    h, w = r1 - r0, c1 - c0
-    up = np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
-    ids = np.zeros(shape, np.uint8)
-    ids[r0:r1, c0:c1] = np.argmax(up, axis=0).astype(np.uint8)
-    if rotation_deg:
-        ids = rotate_image(ids, rotation_deg, order=0).astype(np.uint8)
-    return ids

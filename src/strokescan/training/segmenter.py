@@ -32,24 +32,36 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
-from strokescan.datasets.segmentation import (
-    EDEMA,
-    HEMORRHAGE,
-    INFARCT,
-    N_CLASSES,
+from strokescan.core.geometry import from_model_frame, to_model_frame
+from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT, LESION_CLASSES, N_CLASSES
+from strokescan.datasets.lesion_masks import (
     PUBLIC_LABELLED,
     SOURCE_LABELLED,
+    build_segmentation_manifest,
     decode_sample,
+    make_source_folds,
     row_slice,
-    to_model_frame,
     training_rotation,
 )
+from strokescan.datasets.splits import fold_of, read_folds, write_folds
 from strokescan.errors import DataError
+from strokescan.evaluation.segmentation import (
+    compare_methods,
+    edema_baseline,
+    evaluate_slices,
+    fit_edema_baseline,
+    fit_threshold_baseline,
+    summarize,
+    threshold_baseline,
+    write_report,
+)
+from strokescan.inference.segmenter import postprocess
+from strokescan.models.classifier import load_classifier
+from strokescan.models.unet import SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2
-LESION = (1, 2, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,7 +172,7 @@ def partial_label_loss(logits: torch.Tensor, target: torch.Tensor, unknown: torc
     ce = -torch.logsumexp(logp.masked_fill(~allowed, -1e4), dim=1).mean()
     probs = logp.exp()
     dice_terms = []
-    for c in LESION:
+    for c in LESION_CLASSES:
         sel = labelled[:, c].bool()
         if not bool(sel.any()):
             continue
@@ -241,8 +253,8 @@ class SegTrainConfig:
 def sample_groups(data: SegArrays) -> np.ndarray:
     """Sampling group per sample: the lesion class its target holds (first of hemorrhage, edema, infarct),
     else 'negative'."""
-    has = np.stack([(data.target == c).reshape(len(data), -1).any(axis=1) for c in LESION], 1)
-    names = np.array(["hemorrhage", "edema", "infarct"])
+    has = np.stack([(data.target == c).reshape(len(data), -1).any(axis=1) for c in LESION_CLASSES], 1)
+    names = np.array([c.label for c in LESION_CLASSES])
     return np.where(has.any(axis=1), names[np.argmax(has, axis=1)], "negative")
 
 
@@ -279,7 +291,7 @@ def validation_score(data: SegArrays, probs: np.ndarray) -> dict:
     """Pooled hard Dice per lesion class over samples labelling it (model frame); ``score`` = their mean."""
     pred = probs.argmax(1)
     out = {}
-    for c in LESION:
+    for c in LESION_CLASSES:
         sel = data.labelled[:, c]
         g = data.target[sel] == c
         if not sel.any() or not g.any():
@@ -406,11 +418,6 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
                 edema_params: dict | None = None) -> pd.DataFrame:
     """Per-slice metrics of the model and of the threshold baselines in the input grid: blood with
     ``baseline_k``, and perihematomal edema when ``edema_params`` (of :func:`edema_baseline`) are given."""
-    from strokescan.datasets.segmentation import from_model_frame
-    from strokescan.evaluation.segmentation import edema_baseline, evaluate_slices, threshold_baseline
-    from strokescan.models.unet import SegmenterPlan
-    from strokescan.segmentation import postprocess
-
     min_px = SegmenterPlan().min_lesion_px
     probs = predict_probs(model, data.images)
     preds, truths, labelled, base = [], [], [], []
@@ -458,8 +465,6 @@ def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
     """A model to fine-tune must come from the same folds and held-out fold, or the held-out figures leak.
 
     Compared by the fingerprint in the model's plan, or (older plans) with the folds file the plan names."""
-    from strokescan.datasets.splits import read_folds
-
     source = Path(str(init_training.get("folds_file", "")))
     if init_training.get("folds_sha256"):
         same_folds = init_training["folds_sha256"] == folds_sha256(folds)
@@ -476,7 +481,7 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
                  classifier_dir: Path | None = None, init_model: Path | None = None,
                  limit_per_source: int | None = None, root=None, n_boot: int = 1000, final: bool = False,
                  public: dict | None = None) -> dict:
-    """The full run behind ``scripts/train_segmentation.py`` (see docs/segmentation.md).
+    """The full run behind ``strokescan train segmenter`` (see docs/segmentation.md).
 
     For each test fold k: validation (early stopping) fold k+1, training = the rest; the best model is
     evaluated on fold k in the input grid next to the threshold baseline. Fold ``test_folds[0]``'s model is
@@ -488,27 +493,6 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
     ``init_model`` starts every model from a saved segmenter (fine-tuning; with ``cfg.max_epochs == 0`` it only
     evaluates it). It must come from a run with the same folds and held-out fold, or the held-out figures leak.
     """
-    from strokescan.datasets.segmentation import (
-        build_segmentation_manifest,
-        make_source_folds,
-    )
-    from strokescan.datasets.splits import fold_of, write_folds
-    from strokescan.evaluation.segmentation import (
-        compare_methods,
-        fit_edema_baseline,
-        fit_threshold_baseline,
-        summarize,
-        write_report,
-    )
-    from strokescan.models.unet import (
-        SEG_INPUT_SIZE,
-        SegmenterPlan,
-        UNetConfig,
-        build_unet,
-        load_segmenter,
-        save_segmenter,
-    )
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out_dir / "train.log")
@@ -527,8 +511,6 @@ def run_training(out_dir: Path | str, cfg: SegTrainConfig = SegTrainConfig(), un
         torch.manual_seed(cfg.draw_seed)  # the decoder's random start
         model = build_unet(unet, pretrained=pretrained)
         if classifier_dir is not None and hasattr(model, "load_encoder_from_classifier"):
-            from strokescan.models.classifier import load_classifier
-
             model.load_encoder_from_classifier(load_classifier(Path(classifier_dir))[0])
         return model
 

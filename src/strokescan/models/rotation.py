@@ -1,45 +1,39 @@
-"""Rotation correction: estimate the in-plane angle of a head slice and bring it upright.
+"""Rotation estimation: the in-plane angle of a head slice, so that preprocessing can bring it upright.
 
 Upright means anterior (face) at the top of the image and the midline vertical. Angles are degrees,
 counter-clockwise as the image is displayed (row 0 at the top): ``rotate_image(upright, a)`` is the upright
-slice turned ``a`` degrees counter-clockwise, and :func:`estimate_rotation` of it returns about ``a``.
+slice turned ``a`` degrees counter-clockwise, and :meth:`RotationEstimator.estimate` of it returns about ``a``.
 
-Method (see docs/rotation.md): a tiny CNN (:mod:`strokescan.models.orientation_net`, bundled fp16 weights,
-checksum-verified) reads (cos, sin) of the angle from the head-masked slice cropped around the head's centroid;
-it was trained self-supervised on upright slices turned by random angles. The earlier classical estimator
-(mirror-symmetry search for the midline + head-outline vote for front/back) is kept as
+Method (see docs/rotation.md): a tiny CNN (:mod:`strokescan.models.orientation`, bundled fp16 weights,
+checksum-verified) reads (cos, sin) of the angle from the head-masked slice cropped around the head's centroid,
+with test-time turns and flips; a mirror-symmetry search within 20 degrees refines the midline. The earlier
+classical estimator (symmetry search for the midline + head-outline vote for front/back) is kept as
 :func:`classical_estimate_rotation`, the baseline the benchmark reports next to the network.
 """
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from strokescan.core.geometry import circular_median_deg
+from strokescan.core.windows import display_unit
 from strokescan.io.scan import Scan
-from strokescan.models import orientation_net as onet
+from strokescan.models import orientation as onet
 from strokescan.preprocessing.masking import head_masks
 
 _WORK_PX = 128  # side of the working copy
 _ELONGATION_WEIGHT = 0.5  # weight of the long-axis bonus against the symmetry correlation
-_MIN_HEAD_FRACTION = 0.05  # slices whose head covers less of the image give no estimate in a volume
-
-
-def rotate_image(image: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
-    """``image`` turned ``angle_deg`` counter-clockwise about its centre, same shape (``order=0`` for masks)."""
-    if image.dtype == bool:
-        return ndi.rotate(image.astype(np.uint8), angle_deg, reshape=False, order=0, mode="constant") > 0
-    fill = float(image.min()) if image.size else 0.0
-    return ndi.rotate(image, angle_deg, reshape=False, order=order, mode="constant", cval=fill)
+MIN_HEAD_FRACTION = 0.05  # slices whose head covers less of the image give no estimate in a volume
 
 
 def _to_display(small: np.ndarray, is_hu: bool) -> np.ndarray:
-    """8-bit-like display values: HU go through a brain window (40/120), 8-bit values stay as they are."""
+    """8-bit-like display values: HU through the CT-ICH export window (40/120), 8-bit values as they are."""
     if is_hu:
-        return np.clip((small + 20.0) / 120.0 * 255.0, 0, 255).astype(np.float32)
+        return display_unit(small, is_hu) * np.float32(255.0)
     return small.astype(np.float32)
 
 
@@ -111,15 +105,11 @@ def classical_estimate_rotation(image: np.ndarray, is_hu: bool) -> float:
     return _classical_estimate(image, is_hu)[0]
 
 
-@functools.lru_cache(maxsize=1)
-def _model() -> onet.OrientationNet:
-    return onet.load_orientation_net()[0]
-
-
 _TTA = [(t, f) for f in (False, True) for t in (0.0, 90.0, 180.0, 270.0)]  # test-time turns and mirror flips
 
 
-def _net_estimates(images: list[np.ndarray], is_hu: bool, tta: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _net_estimates(model: onet.OrientationNet, images: list[np.ndarray], is_hu: bool, tta: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(angles in [0, 360), network confidences, head fractions) for 2-D slices.
 
     With ``tta`` each slice is also read turned by 90/180/270 degrees and mirrored (a slice at angle a, mirrored and then
@@ -129,7 +119,7 @@ def _net_estimates(images: list[np.ndarray], is_hu: bool, tta: bool = True) -> t
     views = [onet.head_view(im, is_hu) for im in images]
     plan = _TTA if tta else [(0.0, False)]
     x = np.stack([onet.net_input(v, t, flip=f) for v in views for t, f in plan])
-    raw, _ = onet.predict_angles(_model(), x)
+    raw, _ = onet.predict_angles(model, x)
     raw = raw.reshape(len(views), len(plan))
     back = np.array([[(t - a) if f else (a - t) for a, (t, f) in zip(row, plan)] for row in raw])
     rad = np.radians(back)
@@ -162,65 +152,58 @@ def _refine(image: np.ndarray, is_hu: bool, angle: float, span: float = _REFINE_
     return float(-fine[int(np.argmax([score(t) for t in fine]))]) % 360.0
 
 
-def _estimate(image: np.ndarray, is_hu: bool) -> tuple[float, float]:
-    """(angle in [0, 360), head fraction of the image); angle 0 when no head is found."""
-    angles, _, frac = _net_estimates([image], is_hu)
-    if frac[0] <= 0.0 or not np.isfinite(angles[0]):
-        return 0.0, float(frac[0])
-    angle = float(angles[0])
-    if _REFINE_SPAN > 0:
-        angle = _refine(image, is_hu, angle)
-    return round(angle, 1) % 360.0, float(frac[0])
-
-
-def estimate_rotation(image: np.ndarray, is_hu: bool) -> float:
-    """Degrees in [0, 360) by which the 2-D head slice is turned counter-clockwise from upright."""
-    return _estimate(image, is_hu)[0]
-
-
-def correct_rotation(image: np.ndarray, is_hu: bool) -> tuple[np.ndarray, float]:
-    """(the slice turned upright, the counter-clockwise angle applied to it in degrees)."""
-    applied = (-estimate_rotation(image, is_hu)) % 360.0
-    return rotate_image(image, applied), applied
-
-
-def circular_median_deg(angles: np.ndarray) -> float:
-    """The angle (degrees, [0, 360)) with the smallest summed circular distance to ``angles``."""
-    angles = np.asarray(angles, dtype=float) % 360.0
-    diffs = np.abs((angles[None, :] - angles[:, None] + 180.0) % 360.0 - 180.0)
-    return float(angles[int(np.argmin(diffs.sum(axis=1)))])
-
-
 _MAX_SCAN_SLICES = 12  # slices read per volume (evenly spaced)
 
 
-def estimate_scan_rotation(scan: Scan) -> float | None:
-    """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright.
+class RotationEstimator:
+    """Owns the orientation network; estimates the rotation of a slice or of a whole scan.
 
-    Per-slice estimates (network + symmetry refinement) on up to 12 evenly spaced slices whose head covers at
-    least 5% of the image, leaving out the quarter with the smallest head (skull base, vertex) when 8 or more
-    qualify; combined by a circular median. None when no slice shows a head.
+    Holds no per-call state: one instance may be shared by the threads of a server.
     """
-    n = scan.pixels.shape[0]
-    picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
-    angles, _, frac = _net_estimates([scan.pixels[i] for i in picks], scan.is_hu)
-    ok = frac >= _MIN_HEAD_FRACTION
-    if not ok.any():
-        return None
-    # Slice order is not known to be feet-first or head-first, so the level is judged by the head's size.
-    use = ok
-    if ok.sum() >= 8:
-        use = ok & (frac >= np.quantile(frac[ok], 0.25))
-    refined = [_refine(scan.pixels[i], scan.is_hu, float(a)) if _REFINE_SPAN > 0 else float(a)
-               for i, a in zip(picks[use], angles[use])]
-    return round(circular_median_deg(np.array(refined)), 1) % 360.0
 
+    def __init__(self, model_dir: Path | str | None = None) -> None:
+        self.model, self.plan = onet.load_orientation_net(Path(model_dir) if model_dir is not None else None)
 
-def analysis_rotation(scan: Scan, correct_rotation: bool) -> float | None:
-    """The angle a model's slice plan should remove: 0 when it does not correct rotation, one estimate per
-    volume (0 when none can be made), ``None`` for a 2-D image (``prepare_slice`` then estimates per slice)."""
-    if not correct_rotation:
-        return 0.0
-    if scan.is_volume:
-        return estimate_scan_rotation(scan) or 0.0
-    return None
+    def estimate_with_head(self, image: np.ndarray, is_hu: bool) -> tuple[float, float]:
+        """(angle in [0, 360), head fraction of the image); angle 0 when no head is found."""
+        angles, _, frac = _net_estimates(self.model, [image], is_hu)
+        if frac[0] <= 0.0 or not np.isfinite(angles[0]):
+            return 0.0, float(frac[0])
+        angle = float(angles[0])
+        if _REFINE_SPAN > 0:
+            angle = _refine(image, is_hu, angle)
+        return round(angle, 1) % 360.0, float(frac[0])
+
+    def estimate(self, image: np.ndarray, is_hu: bool) -> float:
+        """Degrees in [0, 360) by which the 2-D head slice is turned counter-clockwise from upright."""
+        return self.estimate_with_head(image, is_hu)[0]
+
+    def estimate_scan(self, scan: Scan) -> float | None:
+        """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright.
+
+        Per-slice estimates (network + symmetry refinement) on up to 12 evenly spaced slices whose head covers
+        at least 5% of the image, leaving out the quarter with the smallest head (skull base, vertex) when 8 or
+        more qualify; combined by a circular median. None when no slice shows a head.
+        """
+        n = scan.pixels.shape[0]
+        picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
+        angles, _, frac = _net_estimates(self.model, [scan.pixels[i] for i in picks], scan.is_hu)
+        ok = frac >= MIN_HEAD_FRACTION
+        if not ok.any():
+            return None
+        # Slice order is not known to be feet-first or head-first, so the level is judged by the head's size.
+        use = ok
+        if ok.sum() >= 8:
+            use = ok & (frac >= np.quantile(frac[ok], 0.25))
+        refined = [_refine(scan.pixels[i], scan.is_hu, float(a)) if _REFINE_SPAN > 0 else float(a)
+                   for i, a in zip(picks[use], angles[use])]
+        return round(circular_median_deg(np.array(refined)), 1) % 360.0
+
+    def slice_angles(self, scan: Scan, correct_rotation: bool = True) -> list[float]:
+        """The angle to remove from each slice before analysis: 0 everywhere when the plan does not correct
+        rotation; one estimate for the whole volume (0 when none can be made); per slice for a 2-D image."""
+        if not correct_rotation:
+            return [0.0] * scan.n_slices
+        if scan.is_volume:
+            return [self.estimate_scan(scan) or 0.0] * scan.n_slices
+        return [self.estimate(scan.pixels[i], scan.is_hu) for i in range(scan.n_slices)]

@@ -5,7 +5,8 @@ centroid with a side proportional to the head's largest radius (both are rotatio
 slice only turns the crop), resized to ``INPUT_PX``. Everything outside the (slightly dilated) head mask is
 set to 0, so the image border, the scanner table and the holder carry no angle cue.
 
-Trained self-supervised (``scripts/train_orientation.py``) on upright slices turned by random angles.
+Trained self-supervised (``strokescan train orientation``, :mod:`strokescan.training.orientation`) on upright
+slices turned by random angles. :class:`strokescan.models.rotation.RotationEstimator` uses it.
 Saved as fp16 weights plus a JSON plan holding their sha256, verified on load.
 """
 
@@ -21,6 +22,8 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
+from strokescan.config import BUNDLED_MODELS_DIR
+from strokescan.core.windows import display_unit
 from strokescan.errors import ModelError
 from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.masking import head_masks
@@ -30,7 +33,7 @@ WORK_PX = 192  # longest side of the working copy the head mask is computed on
 CROP_RADII = 2.2  # crop side = CROP_RADII * largest head radius (head diameter + a margin)
 WEIGHTS_FILE = "orientation.pt"
 PLAN_FILE = "orientation.json"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "resources" / "models" / "orientation"
+BUNDLED_DIR = BUNDLED_MODELS_DIR / "orientation"
 
 
 @dataclass
@@ -44,16 +47,9 @@ class HeadView:
     head_fraction: float  # head area / image area (of the original image)
 
 
-def display01(image: np.ndarray, is_hu: bool) -> np.ndarray:
-    """[0, 1] display values: HU through the brain window (40/120), 8-bit values / 255."""
-    from strokescan.preprocessing.pipeline import display_unit
-
-    return display_unit(np.asarray(image), is_hu).astype(np.float32)
-
-
 def head_view(image: np.ndarray, is_hu: bool) -> HeadView:
     """Downsample the slice to ``WORK_PX``, mask it to the head and measure the head's centroid and radius."""
-    unit = display01(image, is_hu)
+    unit = display_unit(np.asarray(image), is_hu)
     h, w = unit.shape
     scale = WORK_PX / max(h, w)
     small = cv2.resize(unit, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,117 @@
+"""Batch analysis: inputs -> results -> files, with one error per bad input and none lost.
+
+What ``strokescan predict`` does, as a library call the web app and the listener can share::
+
+    runner = BatchRunner(Predictor(segment=True), masks_dir="masks", overlays_dir="overlays")
+    for item in runner.run(["scan1.zip", "folder_of_scans/"]):
+        print(item.error or item.result.probability)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from strokescan.errors import OutputError, StrokescanError
+from strokescan.inference import Predictor, ScanResult
+from strokescan.io import discover_inputs, load_scan
+from strokescan.io.scan import Scan
+from strokescan.io.writers import write_masks, write_overlays
+
+
+@dataclass
+class BatchItem:
+    """One input's outcome: a result (and the files written for it) or the error that stopped it."""
+
+    path: str  # the file or folder analysed, as given or as found inside a given folder
+    result: ScanResult | None = None
+    error: StrokescanError | None = None
+    mask_paths: list[str] = field(default_factory=list)
+    overlay_paths: list[str] = field(default_factory=list)
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """The CLI's JSON lines for this input (an error line when it failed)."""
+        if self.error is not None:
+            return [{"path": self.path, "error": str(self.error), "error_type": type(self.error).__name__}]
+        assert self.result is not None
+        return self.result.json_lines(self.mask_paths or None)
+
+
+def output_stem(path: Path, taken: set[str]) -> str:
+    """File-name stem for an input's masks/overlays (``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name),
+    made unique within one run so that two inputs never overwrite each other's output."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = path.stem if path.is_file() else name
+    stem, k = name or "scan", 2
+    while stem in taken:
+        stem, k = f"{name}-{k}", k + 1
+    taken.add(stem)
+    return stem
+
+
+class BatchRunner:
+    """Analyses inputs one by one with one :class:`Predictor`; writes masks/overlays when folders are given
+    (the Predictor must then have a segmenter)."""
+
+    def __init__(self, predictor: Predictor, masks_dir: Path | str | None = None,
+                 overlays_dir: Path | str | None = None, series: str | None = None, force: bool = False,
+                 progress: bool = False) -> None:
+        if (masks_dir or overlays_dir) and predictor.segmenter is None:
+            raise ValueError("masks or overlays need a Predictor with a segmenter")
+        self.predictor = predictor
+        self.masks_dir = Path(masks_dir) if masks_dir else None
+        self.overlays_dir = Path(overlays_dir) if overlays_dir else None
+        self.series = series
+        self.force = force
+        self.progress = progress
+        self._stems: set[str] = set()
+
+    def targets(self, inputs: Sequence[str]) -> list[tuple[str, Path | StrokescanError]]:
+        """Every scan found in ``inputs`` (a folder of scans expands), or the error that the input gave."""
+        out: list[tuple[str, Path | StrokescanError]] = []
+        for given in inputs:
+            try:
+                out += [(str(p), p) for p in discover_inputs(given)]
+            except StrokescanError as exc:
+                out.append((given, exc))
+        return out
+
+    def run(self, inputs: Sequence[str]) -> Iterator[BatchItem]:
+        """One :class:`BatchItem` per scan found, in order; an error stops only its own input."""
+        targets = self.targets(inputs)
+        for shown, target in tqdm(targets, desc="analysing", unit="scan", disable=not self.progress or len(targets) < 2):
+            if isinstance(target, StrokescanError):
+                yield BatchItem(shown, error=target)
+                continue
+            try:
+                yield self.analyse(shown, target)
+            except StrokescanError as exc:
+                yield BatchItem(shown, error=exc)
+
+    def analyse(self, shown: str, path: Path) -> BatchItem:
+        """Load, analyse and write the outputs of one scan (raises StrokescanError)."""
+        scan = load_scan(path, series=self.series)
+        item = BatchItem(shown, result=self.predictor.analyse(scan, force=self.force))
+        if self.masks_dir or self.overlays_dir:
+            self._write(item, scan)
+        return item
+
+    def _write(self, item: BatchItem, scan: Scan) -> None:
+        assert item.result is not None and item.result.masks is not None
+        stem = output_stem(scan.source_path, self._stems)
+        try:
+            if self.masks_dir:
+                item.mask_paths = [str(p) for p in write_masks(item.result.masks, self.masks_dir, stem)]
+            if self.overlays_dir:
+                item.overlay_paths = [str(p) for p in write_overlays(scan, item.result.masks, self.overlays_dir, stem)]
+        except OSError as exc:
+            raise OutputError(f"cannot write masks/overlays for {scan.source_path}: {exc.strerror or exc}") from None

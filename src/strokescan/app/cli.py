@@ -1,0 +1,179 @@
+"""Command line: parses arguments, calls the library, prints. Bad input -> one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from strokescan import __version__
+from strokescan.app.batch import BatchItem, BatchRunner
+from strokescan.app.training_commands import add_training_commands
+from strokescan.config import SAMPLES_DIR
+from strokescan.errors import StrokescanError
+from strokescan.inference import Predictor, ScanResult
+from strokescan.inference.quantification import describe
+from strokescan.io import load_scan
+from strokescan.io.scope import scope_problem
+from strokescan.models.rotation import RotationEstimator
+
+EXIT_BAD_INPUT = 2
+DEMO_OUTPUT_DIR = "strokescan-demo-overlays"
+
+log = logging.getLogger("strokescan")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    scan = load_scan(args.path, series=args.series)
+    summary = scan.summary(include_identifiers=args.show_identifiers)
+    summary["out_of_scope"] = scope_problem(scan)
+    summary["rotation_estimate_deg"] = RotationEstimator().estimate_scan(scan)
+    print(json.dumps(summary, indent=None if args.compact else 2))
+    return 0
+
+
+def _print_table(result: ScanResult) -> None:
+    flag = lambda positive: "POSITIVE" if positive else "negative"  # noqa: E731
+    print(f"{result.path}  ({result.n_slices} slice{'s' if result.n_slices > 1 else ''})")
+    if result.out_of_scope:
+        print(f"  OUT OF SCOPE (analysed because --force was given): {result.out_of_scope}")
+    for s in result.slices:
+        where = "" if s.slice_index is None else f"slice {s.slice_index:>3}  "
+        note = "" if s.brain_visible else "  (little or no brain on this slice)"
+        sizes = ""
+        if s.lesions:
+            sizes = "".join(f"  {k} {v.area:.0f} {v.unit}" for k, v in s.lesions.items() if v.pixels)
+        print(f"  {where}p={s.probability:.3f}  {flag(s.positive)}{sizes}{note}")
+    if result.is_volume:
+        print(f"  scan: p={result.probability:.3f}  {flag(result.positive)}  (threshold {result.scan_threshold:.3f})")
+    if result.quantification is not None and result.is_volume:
+        for line in describe(result.quantification):
+            print(f"  {line}")
+
+
+def _report(item: BatchItem, as_json: bool) -> None:
+    if as_json:
+        for line in item.json_lines():
+            print(json.dumps(line))
+    elif item.error is not None:
+        print(f"strokescan: error: {item.error}", file=sys.stderr)
+    else:
+        assert item.result is not None
+        _print_table(item.result)
+    sys.stdout.flush()
+
+
+def _predict(args: argparse.Namespace, paths: Sequence[str]) -> int:
+    """Analyse ``paths`` and print each result; exit status 2 when any input failed."""
+    segment = bool(args.masks_dir or args.overlays_dir or args.segmenter)
+    predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment)
+    runner = BatchRunner(predictor, masks_dir=args.masks_dir, overlays_dir=args.overlays_dir, series=args.series,
+                         force=args.force, progress=args.json and sys.stderr.isatty())
+    failed = 0
+    for item in runner.run(paths):
+        failed += item.error is not None
+        _report(item, args.json)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    return _predict(args, args.paths)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    say = sys.stderr if args.json else sys.stdout  # with --json, stdout holds JSON lines only
+    print("strokescan demo: analysing the bundled sample scans (see their ATTRIBUTION.md)\n", file=say)
+    if not (args.masks_dir or args.overlays_dir):
+        args.overlays_dir = Path(DEMO_OUTPUT_DIR)
+    rc = _predict(args, [str(SAMPLES_DIR)])
+    if args.overlays_dir:
+        print(f"\nlesion overlays (red hemorrhage, yellow edema, blue infarct) written to {args.overlays_dir}/", file=say)
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strokescan",
+        description="Find intracranial hemorrhage and stroke on brain CT. Research and triage support, not diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"strokescan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "inspect",
+        help="print a JSON summary of what was read from a scan",
+        description="Read PATH (JPEG/PNG slice, DICOM file, DICOM folder or .zip, NIfTI) and print what was read: "
+        "modality, shape, whether values are Hounsfield units, spacing, slices, orientation and the estimated "
+        "in-plane rotation, and whether the models were made for it (out_of_scope: null, or the reason). "
+        "Patient-identifying tags are never printed unless --show-identifiers is given.",
+    )
+    p.add_argument("path", help="file or folder to read")
+    p.add_argument("--series", help="series index or SeriesInstanceUID when a folder holds several")
+    p.add_argument("--compact", action="store_true", help="one line of JSON instead of indented output")
+    p.add_argument(
+        "--show-identifiers",
+        action="store_true",
+        help="also print patient/study/series identifiers (opt-in: they identify a patient)",
+    )
+    p.set_defaults(func=_cmd_inspect)
+
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+        p.add_argument("--series", help="series index or SeriesInstanceUID when a folder holds several")
+        p.add_argument("--masks-dir", type=Path, help="also segment lesions; write one PNG of class ids per slice "
+                       "(0 background, 1 hemorrhage, 2 edema, 3 infarct) in the input's size, named <stem>.png or "
+                       "<stem>_<slice_index>.png, and add mask paths, areas and volumes to the output")
+        p.add_argument("--overlays-dir", type=Path, help="also segment lesions; write colour overlays for people "
+                       "(red hemorrhage, yellow edema, blue infarct)")
+        p.add_argument("--segmenter", type=Path, help="segmentation model folder (default: the bundled one)")
+        p.add_argument("--force", action="store_true", help="also analyse inputs the models were not made for (MR, "
+                       "SEG/SR objects, other body parts, localizers, non-axial reformats); their results are "
+                       'marked "out_of_scope" with the reason')
+
+    p = sub.add_parser(
+        "predict",
+        help="probability of hemorrhage per slice and per scan",
+        description="Analyse each PATH (image, DICOM file/folder/zip, NIfTI, or a folder of them). With --json: one "
+        "object per slice (path, slice_index, probability, positive) and, for a multi-slice scan, one more with "
+        '"scan": true. Inputs that cannot be read get an error line; the others are still analysed; the exit '
+        "status is 2 if any input failed. Inputs the models were not made for (anything but axial head CT and its "
+        "8-bit brain-window exports) are refused with the reason unless --force is given. Research and triage "
+        "support, not a diagnosis.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="analyse the bundled sample slices (the README's first command)")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    add_training_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except StrokescanError as exc:
+        print(f"strokescan: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("strokescan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``strokescan train classifier|segmenter|orientation`` and ``strokescan evaluate``: argument parsing for the
+training and evaluation entry points of the library (runs write under ``runs/`` by default, never into the
+installed package).
+
+Each handler imports its training or evaluation module when it runs: those bring pandas, scikit-learn and
+matplotlib (about 2 s), which ``strokescan predict`` must not pay for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from strokescan.config import SEED
+
+PUBLIC_SETS_HELP = "bhsd, ctich-nifti, aisd or teknofest"  # checked against lesion_masks.PUBLIC_LABELLED
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from strokescan.training.classifier import TrainConfig
+    from strokescan.training.workflow import train_ctich_classifier
+
+    cfg = TrainConfig(max_epochs=args.max_epochs, seed=args.seed)
+    train_ctich_classifier(Path(args.run_dir), Path(args.out), cfg)
+    print(f"model written to {args.out}; out-of-fold predictions in {args.run_dir}")
+    return 0
+
+
+def _public_set(text: str) -> tuple[str, Path]:
+    from strokescan.datasets.lesion_masks import PUBLIC_LABELLED
+
+    name, sep, folder = text.partition("=")
+    if not sep or name not in PUBLIC_LABELLED or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FOLDER with NAME one of {', '.join(PUBLIC_LABELLED)}")
+    return name, Path(folder)
+
+
+def _train_segmenter(a: argparse.Namespace) -> int:
+    import torch
+
+    from strokescan.models.unet import UNetConfig, build_unet
+    from strokescan.training.segmenter import SegTrainConfig, benchmark_step, run_training
+
+    logging.getLogger("strokescan").setLevel(logging.INFO)
+    torch.set_num_threads(a.threads)
+    unet = UNetConfig(arch=a.arch, freeze_encoder_blocks=a.freeze_blocks if a.arch == "effnet" else 0)
+    if a.benchmark:
+        sec = benchmark_step(build_unet(unet, pretrained=not a.no_pretrained), batch=a.batch_size, threads=a.threads)
+        print(f"{a.arch}: {sec:.2f} s per training step (batch {a.batch_size}, 256 px, {a.threads} thread(s)); "
+              f"{a.max_epochs} epochs x {a.steps_per_epoch} steps <= {sec * a.max_epochs * a.steps_per_epoch / 60:.0f} min")
+        return 0
+    cfg = SegTrainConfig(max_epochs=a.max_epochs, patience=a.patience, steps_per_epoch=a.steps_per_epoch,
+                         batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, threads=a.threads,
+                         train_seed=a.train_seed)
+    limit = None
+    if a.smoke:
+        cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads,
+                             train_seed=a.train_seed)
+        limit = 6
+    t0 = time.time()
+    res = run_training(a.out, cfg, unet=unet, test_folds=tuple(int(k) for k in a.test_folds.split(",")),
+                       n_folds=a.n_folds, ctich_negatives_per_patient=a.ctich_negatives,
+                       pretrained=not a.no_pretrained, classifier_dir=a.classifier_dir,
+                       init_model=a.init_model, limit_per_source=limit,
+                       n_boot=50 if a.smoke else a.bootstrap, final=a.final, public=dict(a.public))
+    s = res["summary"]
+    cols = ["method", "source", "class", "n_slices", "n_slices_with_class", "dice_pos", "dice_all", "fp_slice_rate"]
+    print(s[cols].to_string(index=False) if len(s) else "no evaluation rows")
+    print(f"model: {res['model_dir']}  report: {Path(a.out) / 'report' / 'report.md'}  ({(time.time() - t0) / 60:.1f} min)")
+    return 0
+
+
+def _train_orientation(a: argparse.Namespace) -> int:
+    from strokescan.training.orientation import OrientationTrainConfig, train_orientation
+
+    cfg = OrientationTrainConfig(epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, threads=a.threads,
+                                 all_folds=a.all_folds)
+    train_orientation(Path(a.out), cfg)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from strokescan.evaluation.classifier_eval import evaluate_classifier
+    from strokescan.evaluation.report import markdown_summary
+
+    figures = evaluate_classifier(args.model, Path(args.run_dir), Path(args.report), external=not args.no_external)
+    print(markdown_summary(figures))
+    print(f"\nreport written to {args.report}")
+    return 0
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` (with its three models) and ``evaluate`` to the CLI's subcommands."""
+    train = sub.add_parser("train", help="train a model: classifier, segmenter or orientation",
+                           description="Train one of strokescan's models on the shared data ($STROKESCAN_DATA, "
+                           "else ../shared/data from the current folder). Runs are resumable and write under "
+                           "runs/ unless told otherwise; to bundle a model, copy its folder into the package's "
+                           "resources/models/.")
+    which = train.add_subparsers(dest="model_kind", metavar="MODEL", required=True)
+
+    p = which.add_parser(
+        "classifier", help="the slice classifier, 5-fold patient-grouped CV + final model (ctich-kaggle)",
+        description="Train on ctich-kaggle: caches preprocessed features under the cache folder "
+        "($STROKESCAN_CACHE, else ~/.cache/strokescan), runs the committed 5 patient-grouped folds (resumes "
+        "finished folds from RUN_DIR), then trains the final model on all labelled slices and writes it with its "
+        "plan (calibration, thresholds).")
+    p.add_argument("--run-dir", default="runs/classifier", help="folder for per-fold results (resumable)")
+    p.add_argument("--out", default="runs/classifier/model", help="folder to write the final model to")
+    p.add_argument("--max-epochs", type=int, default=25)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.set_defaults(func=_train_classifier)
+
+    p = which.add_parser(
+        "segmenter", help="the lesion U-Net (hemorrhage, edema, infarct) with a held-out report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the lesion U-Net on every mask set and write <out>/model (segmenter.pt + "
+        "segmenter.json), <out>/report/report.md (per dataset and class, U-Net next to the threshold baseline), "
+        "<out>/train.log and per-fold checkpoints (rerun the same command to resume). See docs/segmentation.md."
+        "\n\nWith the full public sets unpacked somewhere, add them (each replaces the mini set cut from it):\n"
+        "  strokescan train segmenter --out runs/seg_full --public bhsd=/data/BHSD/label_192 \\\n"
+        "      --public aisd=/data/AISD --public ctich-nifti=/data/ct-ich-1.3.1 --public teknofest=/data/TEKNOFEST")
+    p.add_argument("--out", default="runs/segmentation", help="run folder (resumes if it holds checkpoints)")
+    p.add_argument("--test-folds", default="0", help="comma-separated held-out folds, e.g. 0 or 0,1,2,3,4 (CV)")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--arch", choices=["effnet", "basic"], default="effnet")
+    p.add_argument("--freeze-blocks", type=int, default=3, help="effnet: stem + first N encoder blocks frozen")
+    p.add_argument("--no-pretrained", action="store_true", help="effnet encoder from random weights")
+    p.add_argument("--classifier-dir", type=Path, default=None, help="init the encoder from a trained classifier")
+    p.add_argument("--init-model", type=Path, default=None,
+                   help="fine-tune a saved segmenter (from a run with the same folds); with --max-epochs 0 only "
+                        "evaluate it on the held-out fold")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation (ablation)")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of batch draws and augmentation only (default: the data seed); data and folds stay")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 2 only when nothing else runs (2 threads on busy cores: 17 s/step)")
+    p.add_argument("--ctich-negatives", type=int, default=4,
+                   help="lesion-free slices per patient of ctich-kaggle and of each full public set")
+    p.add_argument("--public", type=_public_set, action="append", default=[], metavar="NAME=FOLDER",
+                   help=f"add a full public set ({PUBLIC_SETS_HELP}) unpacked in FOLDER; repeatable")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--final", action="store_true",
+                   help="after the held-out evaluation, train the deployable model on all folds but the early-"
+                        "stopping one (about doubles the time)")
+    p.add_argument("--smoke", action="store_true", help="tiny run (few patients, 2 epochs x 2 steps) to check wiring")
+    p.add_argument("--benchmark", action="store_true", help="only time one training step and exit")
+    p.set_defaults(func=_train_segmenter)
+
+    p = which.add_parser(
+        "orientation", help="the rotation network, self-supervised on upright slices",
+        description="Train the orientation network on ctich-kaggle folds 1-4 (fold 0 held out for "
+        "benchmarks/rotation_accuracy.py) and the upright mini sets; every epoch turns each slice by a fresh "
+        "random angle and the net regresses (cos, sin) of it. phe-sich is never used.")
+    p.add_argument("--out", default="runs/orientation", help="model folder to write")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--all-folds", action="store_true", help="also train on fold 0 (no held-out check then)")
+    p.set_defaults(func=_train_orientation)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="write the classifier's evaluation report (CV and external figures with 95% CIs, plots)",
+        description="Cross-validated figures from RUN_DIR's out-of-fold predictions and external figures on "
+        "phe-sich (never trained on) with the model's stored threshold; CIs from 1000 bootstrap resamples of patients.",
+    )
+    p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
+    p.add_argument("--run-dir", default="runs/classifier")
+    p.add_argument("--report", default="runs/classifier/report")
+    p.add_argument("--no-external", action="store_true", help="skip the external phe-sich evaluation")
+    p.set_defaults(func=_evaluate)

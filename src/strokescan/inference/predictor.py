@@ -1,0 +1,159 @@
+"""The one entry point every interface calls: :class:`Predictor` owns the models and turns a
+:class:`~strokescan.io.Scan` into a :class:`~strokescan.inference.results.ScanResult`.
+
+Its steps are public, so that an explainer can reach the prepared tensors and a server can batch::
+
+    predictor = Predictor(segment=True)
+    prepared = predictor.prepare(scan)            # rotation estimated once, slices windowed, cropped, resized
+    probabilities = predictor.classify(prepared)  # calibrated, one per slice
+    masks = predictor.segment(prepared)           # class ids on the scan's own pixel grid
+    volumes = predictor.quantify(scan, masks)     # areas, mL, ABC/2
+    result = predictor.analyse(scan)              # all of the above, plus the scope check
+
+Sharing between threads: a Predictor holds no per-call state (models are in eval mode and run under
+``torch.inference_mode``), so one instance can serve the threads of a server; torch's intra-op thread count
+is process-wide and is set once here from ``threads`` or ``$STROKESCAN_TORCH_THREADS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from strokescan import __version__
+from strokescan.config import BUNDLED_MODELS_DIR, torch_threads
+from strokescan.core.calibration import PlattCalibrator
+from strokescan.errors import ModelError, OutOfScopeError
+from strokescan.inference.quantification import SeriesQuantification, quantify_series, slice_areas
+from strokescan.inference.results import ScanResult, SliceResult
+from strokescan.inference.segmenter import Segmenter
+from strokescan.io import Scan, load_scan
+from strokescan.io.scope import scope_problem
+from strokescan.models.classifier import load_classifier
+from strokescan.models.rotation import RotationEstimator
+from strokescan.preprocessing.pipeline import PreparedSlice, prepare_slices
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSIFIER_DIR = BUNDLED_MODELS_DIR / "classifier"
+MIN_BRAIN_FRACTION = 0.02  # below this a slice shows (almost) no brain: scored, but flagged
+
+
+@dataclass
+class PreparedScan:
+    """A scan brought to the models' inputs: one :class:`PreparedSlice` per slice and model."""
+
+    scan: Scan
+    rotation_deg: list[float]  # angle removed from each slice
+    for_classifier: list[PreparedSlice]
+    for_segmenter: list[PreparedSlice] | None  # None when the Predictor has no segmenter
+
+    def classifier_input(self) -> torch.Tensor:
+        """(n, 3, S, S) float32 in [0, 1], the classifier's input."""
+        return torch.from_numpy(np.stack([p.channels for p in self.for_classifier]))
+
+
+class Predictor:
+    """Loads the bundled (or given) models once; ``analyse`` turns a Scan into a ScanResult.
+
+    With ``segment=True`` (or a ``segmenter_dir``) the lesion U-Net also runs: the result then carries class-id
+    masks in the input's grid, per-slice areas and per-scan volumes.
+    """
+
+    def __init__(self, classifier_dir: Path | None = None, segmenter_dir: Path | None = None, segment: bool = False,
+                 orientation_dir: Path | None = None, batch_size: int = 16, threads: int | None = None) -> None:
+        threads = threads or torch_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
+        self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
+        self.rotation = RotationEstimator(orientation_dir)
+        self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
+        self.batch_size = batch_size
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        info = {"classifier_sha256": self.plan.weights_sha256[:16], "strokescan": __version__}
+        if self.segmenter is not None:
+            info.update(self.segmenter.model_info)
+        return info
+
+    def prepare(self, scan: Scan) -> PreparedScan:
+        """Estimate the rotation (once per volume), then window, turn, mask, crop and resize every slice for
+        each model's plan."""
+        angles = self.rotation.slice_angles(scan, self.plan.slice_plan.correct_rotation)
+        plans = [self.plan.slice_plan] + ([self.segmenter.plan.slice_plan] if self.segmenter is not None else [])
+        both = [prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]) for i in range(scan.n_slices)]
+        return PreparedScan(scan=scan, rotation_deg=angles, for_classifier=[b[0] for b in both],
+                            for_segmenter=[b[1] for b in both] if self.segmenter is not None else None)
+
+    def logits(self, prepared: PreparedScan) -> np.ndarray:
+        """The classifier's raw logit per slice."""
+        x = prepared.classifier_input()
+        with torch.inference_mode():
+            out = [self.model(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).numpy()
+
+    def classify(self, prepared: PreparedScan) -> np.ndarray:
+        """Calibrated probability of hemorrhage per slice."""
+        return self.calibrator(self.logits(prepared))
+
+    def segment(self, prepared: PreparedScan) -> list[np.ndarray]:
+        """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid."""
+        if self.segmenter is None or prepared.for_segmenter is None:
+            raise ModelError("this Predictor has no segmenter (construct it with segment=True)")
+        return self.segmenter.masks(prepared.scan, prepared.for_segmenter)
+
+    @staticmethod
+    def quantify(scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
+        """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown)."""
+        slice_mm = (scan.slice_spacing_mm or scan.slice_thickness_mm) if scan.is_volume else scan.slice_thickness_mm
+        return quantify_series(masks, scan.pixel_spacing_mm, slice_mm)
+
+    def analyse(self, scan: Scan, force: bool = False) -> ScanResult:
+        """All steps. A scan the models were not made for (MR, SEG/SR objects, other body parts, localizers,
+        non-axial reformats) raises :class:`~strokescan.errors.OutOfScopeError`, unless ``force``: then it is
+        analysed and the result says why it is out of scope."""
+        problem = scope_problem(scan)
+        if problem and not force:
+            raise OutOfScopeError(problem)
+        prepared = self.prepare(scan)
+        probs = self.classify(prepared)
+        slices = [
+            SliceResult(
+                slice_index=i if scan.is_volume else None,
+                source=scan.slice_sources[i] if i < len(scan.slice_sources) else str(scan.source_path),
+                probability=float(probs[i]),
+                positive=bool(probs[i] >= self.plan.slice_threshold),
+                rotation_deg=p.rotation_deg,
+                brain_visible=p.brain_fraction >= MIN_BRAIN_FRACTION,
+            )
+            for i, p in enumerate(prepared.for_classifier)
+        ]
+        score = float(probs.max())
+        masks = quantification = None
+        if self.segmenter is not None:
+            masks = self.segment(prepared)
+            quantification = self.quantify(scan, masks)
+            for s, m in zip(slices, masks):
+                s.lesions = slice_areas(m, scan.pixel_spacing_mm)
+        return ScanResult(
+            path=str(scan.source_path),
+            n_slices=scan.n_slices,
+            slices=slices,
+            probability=score,
+            positive=bool(score >= self.plan.scan_threshold),
+            slice_threshold=self.plan.slice_threshold,
+            scan_threshold=self.plan.scan_threshold,
+            model=self.model_info,
+            masks=masks,
+            quantification=quantification,
+            out_of_scope=problem,
+        )
+
+    def analyse_path(self, path: str | Path, series: str | None = None, force: bool = False) -> ScanResult:
+        return self.analyse(load_scan(path, series=series), force=force)

@@ -1,0 +1,36 @@
+"""The bundled models give the outputs recorded in tests/data/demo_reference.* on the demo samples, so a
+restructuring or a speed-up cannot change a probability (to 1e-4), a rotation or a mask unnoticed.
+Regenerate the reference only when a model is deliberately replaced (and say so in the commit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strokescan.config import SAMPLES_DIR
+from strokescan.inference import Predictor
+from strokescan.io import load_scan
+
+REFERENCE = Path(__file__).parent / "data" / "demo_reference.json"
+REFERENCE_MASKS = Path(__file__).parent / "data" / "demo_reference_masks.npz"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(segment=True)
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(REFERENCE.read_text())))
+def test_demo_outputs_match_the_reference(name: str, predictor: Predictor) -> None:
+    expected = json.loads(REFERENCE.read_text())[name]
+    result = predictor.analyse(load_scan(SAMPLES_DIR / name))
+    assert [s.probability for s in result.slices] == pytest.approx(expected["probabilities"], abs=1e-4)
+    assert [s.rotation_deg for s in result.slices] == pytest.approx(expected["rotation_deg"], abs=0.05)
+    counts = [[int((m == c).sum()) for c in (1, 2, 3)] for m in result.masks]
+    assert counts == expected["class_pixels"]
+    saved = np.load(REFERENCE_MASKS)
+    if name in saved.files:  # CT-ICH-derived masks are not bundled (licence): their counts are pinned above
+        assert np.array_equal(np.stack(result.masks), saved[name])

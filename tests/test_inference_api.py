@@ -1,0 +1,113 @@
+"""The seam every interface uses: the Predictor's public steps, one result schema, the batch runner, sharing
+a Predictor between threads, and the refusal of what the models were not made for."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from strokescan.app.batch import BatchRunner
+from strokescan.app.cli import main
+from strokescan.config import SAMPLES_DIR
+from strokescan.errors import OutOfScopeError
+from strokescan.inference import SCHEMA_VERSION, Predictor
+from strokescan.io import load_scan
+
+GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
+BLEED = SAMPLES_DIR / "ctich_080_10.jpg"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(segment=True)
+
+
+@pytest.fixture(scope="module")
+def series():
+    return load_scan(GE_ZIP)
+
+
+def test_the_public_steps_compose_to_analyse(predictor: Predictor, series) -> None:
+    prepared = predictor.prepare(series)
+    assert len(prepared.for_classifier) == len(prepared.for_segmenter) == series.n_slices
+    assert prepared.classifier_input().shape == (series.n_slices, 3, 224, 224)
+    assert len(set(prepared.rotation_deg)) == 1  # one angle for the whole volume
+    probabilities = predictor.classify(prepared)
+    masks = predictor.segment(prepared)
+    volumes = predictor.quantify(series, masks)
+    result = predictor.analyse(series)
+    assert [s.probability for s in result.slices] == pytest.approx(probabilities.tolist(), abs=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, result.masks, strict=True))
+    assert result.quantification.classes["hemorrhage"].total == pytest.approx(volumes.classes["hemorrhage"].total)
+    assert np.allclose(1 / (1 + np.exp(-(predictor.calibrator.a * predictor.logits(prepared) + predictor.calibrator.b))),
+                       probabilities)
+
+
+def test_one_predictor_shared_by_four_threads_gives_the_same_results(series) -> None:
+    shared = Predictor()
+    alone = [s.probability for s in shared.analyse(series).slices]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: shared.analyse(series), range(4)))
+    for r in results:
+        assert [s.probability for s in r.slices] == pytest.approx(alone, abs=1e-6)
+
+
+def test_result_document_has_one_schema_and_the_json_lines_derive_from_it(predictor: Predictor, series) -> None:
+    result = predictor.analyse(series)
+    doc = json.loads(json.dumps(result.to_dict()))  # JSON-serialisable as it is
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert set(doc) == {"schema_version", "path", "n_slices", "out_of_scope", "model", "thresholds", "scan",
+                        "slices", "volumes"}
+    assert doc["out_of_scope"] is None and doc["n_slices"] == len(doc["slices"]) == 28
+    assert doc["scan"]["probability"] == pytest.approx(max(s["probability"] for s in doc["slices"]), abs=1e-4)
+    assert doc["volumes"]["hemorrhage"]["unit"] == "mL"
+    lines = result.json_lines()
+    assert [line["probability"] for line in lines[:-1]] == [s["probability"] for s in doc["slices"]]
+    assert lines[-1]["scan"] is True and lines[-1]["volumes"] == doc["volumes"]
+    assert all(line["schema_version"] == SCHEMA_VERSION for line in lines)
+    text = json.dumps(doc)
+    for uid in (series.identifiers.study_instance_uid, series.identifiers.series_instance_uid):
+        assert not uid or uid not in text  # DICOM UIDs never reach a result
+
+
+def test_batch_runner_keeps_going_past_a_bad_input_and_writes_masks(predictor: Predictor, tmp_path: Path) -> None:
+    runner = BatchRunner(predictor, masks_dir=tmp_path / "m")
+    items = list(runner.run([str(tmp_path / "missing.png"), str(BLEED)]))
+    assert [type(i.error).__name__ if i.error else None for i in items] == ["PathNotFoundError", None]
+    assert items[1].mask_paths == [str(tmp_path / "m" / "ctich_080_10.png")]
+    assert Path(items[1].mask_paths[0]).is_file()
+    assert items[0].json_lines() == [{"path": str(tmp_path / "missing.png"), "error": items[0].error.args[0],
+                                      "error_type": "PathNotFoundError"}]
+    with pytest.raises(ValueError):
+        BatchRunner(Predictor(), masks_dir=tmp_path)  # masks need a segmenter
+
+
+def test_an_mr_slice_is_refused_unless_forced_and_no_identifier_leaks(mr_dir: Path, capsys, caplog) -> None:
+    mr = mr_dir / "1.dcm"
+    if not mr.is_file():
+        pytest.skip("MR files missing")
+    ds = pydicom.dcmread(mr)
+    secrets = [str(v) for v in (ds.get("PatientName"), ds.get("PatientID"), ds.get("StudyInstanceUID"),
+                                ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")) if v]
+    assert secrets, "the MR test file should carry identifying tags"
+    with pytest.raises(OutOfScopeError, match="MR"):
+        Predictor().analyse(load_scan(mr))
+    assert main(["-v", "predict", str(mr), "--json"]) == 2
+    captured = capsys.readouterr()
+    line = json.loads(captured.out)
+    assert line["error_type"] == "OutOfScopeError" and "MR" in line["error"] and "probability" not in line
+    assert main(["-v", "predict", str(mr), "--json", "--force"]) == 0
+    forced = capsys.readouterr()
+    result = json.loads(forced.out.splitlines()[0])
+    assert "MR" in result["out_of_scope"] and 0.0 <= result["probability"] <= 1.0
+    everything = captured.out + captured.err + forced.out + forced.err + caplog.text
+    for value in secrets:
+        assert value not in everything
+    assert main(["predict", str(mr)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MR" in err[0] and "Traceback" not in err[0]
