@@ -34,7 +34,7 @@ def _to_display(small: np.ndarray, is_hu: bool) -> np.ndarray:
     """8-bit-like display values: HU through the CT-ICH export window (40/120), 8-bit values as they are."""
     if is_hu:
         return display_unit(small, is_hu) * np.float32(255.0)
-    return small.astype(np.float32)
+    return np.clip(small, 0.0, 255.0).astype(np.float32)  # a no-op on 8-bit exports; bounds anything else
 
 
 def _warp(a: np.ndarray, cy: float, cx: float, theta: float, nearest: bool = False) -> np.ndarray:
