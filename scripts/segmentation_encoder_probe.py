@@ -50,7 +50,7 @@ def unseen_ctich_patients(segmenter_plan) -> set[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segmenter", type=Path, default=Path("runs/segmentation/fold0/model"),
-                    help="a fold model of scripts/train_segmentation.py (its plan names its folds)")
+                    help="a fold model of strokescan train segmenter (its plan names its folds)")
     ap.add_argument("--out", type=Path, default=Path("reports/classifier"))
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
