@@ -49,7 +49,7 @@ def from_model_frame(probs: np.ndarray, box: Box, rotation_deg: float, shape: tu
     up = np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
     ids = np.zeros(shape, np.uint8)
     ids[r0:r1, c0:c1] = np.argmax(up, axis=0).astype(np.uint8)
-    if rotation_deg:
+    if rotation_deg and ids.any():  # an all-background map turns into itself
         ids = rotate_image(ids, rotation_deg, order=0).astype(np.uint8)
     return ids
 

@@ -12,12 +12,14 @@ Its steps are public, so that an explainer can reach the prepared tensors and a 
 
 Sharing between threads: a Predictor holds no per-call state (models are in eval mode and run under
 ``torch.inference_mode``), so one instance can serve the threads of a server; torch's intra-op thread count
-is process-wide and is set once here from ``threads`` or ``$STROKESCAN_TORCH_THREADS``.
+is process-wide and is set once here from ``threads`` or ``$STROKESCAN_TORCH_THREADS``; the per-slice numpy
+and OpenCV steps run in a thread pool of the same size, owned by the Predictor (its ``map`` is thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +67,14 @@ class Predictor:
     """
 
     def __init__(self, classifier_dir: Path | None = None, segmenter_dir: Path | None = None, segment: bool = False,
-                 orientation_dir: Path | None = None, batch_size: int = 16, threads: int | None = None) -> None:
+                 orientation_dir: Path | None = None, batch_size: int = 4, threads: int | None = None) -> None:
         threads = threads or torch_threads()
         if threads:
             torch.set_num_threads(threads)
+        # numpy/OpenCV steps (preprocessing, mapping masks back) run over slices in this many threads
+        self.pool = ThreadPoolExecutor(max_workers=threads or torch.get_num_threads(), thread_name_prefix="strokescan")
         self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
+        self.model.to(memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU
         self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
         self.rotation = RotationEstimator(orientation_dir)
         self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
@@ -87,13 +92,14 @@ class Predictor:
         each model's plan."""
         angles = self.rotation.slice_angles(scan, self.plan.slice_plan.correct_rotation)
         plans = [self.plan.slice_plan] + ([self.segmenter.plan.slice_plan] if self.segmenter is not None else [])
-        both = [prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]) for i in range(scan.n_slices)]
+        both = list(self.pool.map(lambda i: prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]),
+                                  range(scan.n_slices)))
         return PreparedScan(scan=scan, rotation_deg=angles, for_classifier=[b[0] for b in both],
                             for_segmenter=[b[1] for b in both] if self.segmenter is not None else None)
 
     def logits(self, prepared: PreparedScan) -> np.ndarray:
         """The classifier's raw logit per slice."""
-        x = prepared.classifier_input()
+        x = prepared.classifier_input().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = [self.model(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         return torch.cat(out).numpy()
@@ -106,7 +112,7 @@ class Predictor:
         """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid."""
         if self.segmenter is None or prepared.for_segmenter is None:
             raise ModelError("this Predictor has no segmenter (construct it with segment=True)")
-        return self.segmenter.masks(prepared.scan, prepared.for_segmenter)
+        return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self.pool)
 
     @staticmethod
     def quantify(scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
