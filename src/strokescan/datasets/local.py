@@ -19,7 +19,7 @@ import pandas as pd
 from strokescan.config import data_root
 from strokescan.errors import DataError
 
-from .manifest import MASK_MEANINGS, check_exist, finalize, pid, read_csv, require_dir
+from .manifest import MASK_MEANINGS, check_exist, finalize, pid, read_csv, require_dir, summarize
 
 SUBTYPES = {  # CT-ICH csv column -> manifest column
     "Intraventricular": "intraventricular",
@@ -319,8 +319,6 @@ def load_all(root=None) -> pd.DataFrame:
 
 def counts_table(root=None) -> pd.DataFrame:
     """One row per local dataset: patients, rows, positives per label column (the table in docs/datasets.md)."""
-    from .manifest import summarize
-
     recs = []
     for name, fn in LOCAL_ADAPTERS.items():
         df = fn(root)

@@ -20,6 +20,8 @@ import pandas as pd
 from strokescan.config import RESOURCES_DIR, SEED
 from strokescan.errors import DataError
 
+from .local import load_ctich_kaggle
+
 SPLITS_DIR = RESOURCES_DIR / "splits"
 CTICH_KAGGLE_FOLDS = SPLITS_DIR / "ctich_kaggle_5fold.json"
 
@@ -160,6 +162,4 @@ def assign_folds(manifest: pd.DataFrame, folds: dict) -> pd.DataFrame:
 
 def ctich_kaggle_folds(root=None) -> dict:
     """The committed 5-fold split of ctich-kaggle, checked against the current manifest."""
-    from .local import load_ctich_kaggle
-
     return load_or_create_folds(load_ctich_kaggle(root), CTICH_KAGGLE_FOLDS, dataset="ctich-kaggle")
