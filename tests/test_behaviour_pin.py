@@ -31,6 +31,10 @@ def test_demo_outputs_match_the_reference(name: str, predictor: Predictor) -> No
     assert [s.rotation_deg for s in result.slices] == pytest.approx(expected["rotation_deg"], abs=0.05)
     counts = [[int((m == c).sum()) for c in (1, 2, 3)] for m in result.masks]
     assert counts == expected["class_pixels"]
-    saved = np.load(REFERENCE_MASKS)
-    if name in saved.files:  # CT-ICH-derived masks are not bundled (licence): their counts are pinned above
-        assert np.array_equal(np.stack(result.masks), saved[name])
+    saved = np.load(REFERENCE_MASKS)  # every demo sample is PHE-SICH (CC BY 4.0) or BSD-2: all masks are kept
+    assert name in saved.files and np.array_equal(np.stack(result.masks), saved[name])
+
+
+def test_the_reference_covers_every_demo_sample() -> None:
+    samples = {p.name for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in {".jpg", ".png", ".zip"}}
+    assert set(json.loads(REFERENCE.read_text())) == samples == set(np.load(REFERENCE_MASKS).files)

@@ -19,7 +19,7 @@ from strokescan.inference import SCHEMA_VERSION, Predictor
 from strokescan.io import load_scan
 
 GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
-BLEED = SAMPLES_DIR / "ctich_080_10.jpg"
+BLEED = SAMPLES_DIR / "phe-sich_0021_13.png"  # large parenchymal hematoma
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_batch_runner_keeps_going_past_a_bad_input_and_writes_masks(predictor: P
     runner = BatchRunner(predictor, masks_dir=tmp_path / "m")
     items = list(runner.run([str(tmp_path / "missing.png"), str(BLEED)]))
     assert [type(i.error).__name__ if i.error else None for i in items] == ["PathNotFoundError", None]
-    assert items[1].mask_paths == [str(tmp_path / "m" / "ctich_080_10.png")]
+    assert items[1].mask_paths == [str(tmp_path / "m" / "phe-sich_0021_13.png")]
     assert Path(items[1].mask_paths[0]).is_file()
     assert items[0].json_lines() == [{"path": str(tmp_path / "missing.png"), "error": items[0].error.args[0],
                                       "error_type": "PathNotFoundError"}]

@@ -141,7 +141,7 @@ def test_ge_series_covers_the_convex_hull_fallback(ge_series: np.ndarray) -> Non
     assert head_masks(ge_series[0], True).brain.any()
 
 
-@pytest.mark.parametrize("name", ["ctich_075_30.jpg", "ctich_080_10.jpg", "ctich_100_20.jpg",
+@pytest.mark.parametrize("name", ["phe-sich_0021_13.png", "phe-sich_0002_17.png", "phe-sich_0011_18.png",
                                   "phe-sich_0004_18.png"])
 def test_bundled_samples(name: str) -> None:
     scan = load_scan(SAMPLES / name)

@@ -17,8 +17,8 @@ from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
 from strokescan.preprocessing.pipeline import SlicePlan
 
 GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
-BLEED = SAMPLES_DIR / "ctich_080_10.jpg"
-NORMAL = SAMPLES_DIR / "ctich_100_20.jpg"
+BLEED = SAMPLES_DIR / "phe-sich_0021_13.png"  # large parenchymal hematoma (phe-sich box + edema rim)
+NORMAL = SAMPLES_DIR / "phe-sich_0011_18.png"  # lesion-free slice at the lateral ventricles (no mask, no box)
 bundled = pytest.mark.skipif(not (DEFAULT_CLASSIFIER_DIR / "classifier.pt").exists(), reason="no bundled model yet")
 
 
@@ -126,7 +126,7 @@ def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, blee
     lines = _json_lines(capsys)
 
     image = next(x for x in lines if x["path"] == str(BLEED))
-    assert image["mask"] == str(masks_dir / "ctich_080_10.png")
+    assert image["mask"] == str(masks_dir / "phe-sich_0021_13.png")
     mask = np.asarray(Image.open(image["mask"]))
     assert mask.shape == load_scan(BLEED).pixels.shape[1:] and set(np.unique(mask)) == {0, 1}
     bleed = image["lesions"]["hemorrhage"]
@@ -148,8 +148,8 @@ def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, blee
     assert volumes["infarct"]["volume"] == 0 and "abc2_ml" in volumes["hemorrhage"]["largest"]
 
     assert sorted(p.name for p in overlays_dir.iterdir()) == sorted(
-        ["ctich_080_10.png"] + [f"ge-hispeed-head-series_{i}.png" for i in range(28)])
-    overlay = np.asarray(Image.open(overlays_dir / "ctich_080_10.png"))
+        ["phe-sich_0021_13.png"] + [f"ge-hispeed-head-series_{i}.png" for i in range(28)])
+    overlay = np.asarray(Image.open(overlays_dir / "phe-sich_0021_13.png"))
     assert overlay.shape == (*mask.shape, 3) and (overlay[..., 0] > overlay[..., 2]).any()  # red where it bleeds
 
 

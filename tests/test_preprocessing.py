@@ -72,7 +72,7 @@ def test_hu_and_8bit_inputs_give_comparable_model_inputs():
 
 def test_preparing_for_two_models_at_once_equals_preparing_for_each():
     """The Predictor prepares each slice once for the classifier (224 px) and the U-Net (256 px)."""
-    scan = load_scan(SAMPLES_DIR / "ctich_080_10.jpg")
+    scan = load_scan(SAMPLES_DIR / "phe-sich_0021_13.png")
     plans = [SlicePlan(), SlicePlan(size=256)]
     together = prepare_slices(scan.pixels[0], scan.is_hu, plans, rotation_deg=12.0)
     for plan, got in zip(plans, together, strict=True):

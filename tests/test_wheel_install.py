@@ -53,7 +53,7 @@ def test_installed_wheel_predicts_a_sample_from_anywhere(installed: Path, tmp_pa
     home.mkdir()
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "STROKESCAN_TORCH_THREADS": "1"}
     code = ("import strokescan, sys; from strokescan.config import SAMPLES_DIR, cache_root; "
-            "print(strokescan.__file__); print(SAMPLES_DIR / 'ctich_100_20.jpg'); print(cache_root())")
+            "print(strokescan.__file__); print(SAMPLES_DIR / 'phe-sich_0011_18.png'); print(cache_root())")
     where = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert where.returncode == 0, where.stderr
     package_file, sample, cache = where.stdout.split()
@@ -64,6 +64,6 @@ def test_installed_wheel_predicts_a_sample_from_anywhere(installed: Path, tmp_pa
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     line = json.loads(run.stdout.splitlines()[0])
-    assert 0.0 <= line["probability"] <= 1.0 and (tmp_path / "m" / "ctich_100_20.png").is_file()
+    assert 0.0 <= line["probability"] <= 1.0 and (tmp_path / "m" / "phe-sich_0011_18.png").is_file()
     after = sorted(p for p in Path(package_file).parent.rglob("*") if "__pycache__" not in p.parts)
     assert after == before  # nothing written into the installed package

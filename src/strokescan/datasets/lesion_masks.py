@@ -21,14 +21,18 @@ source             labelled
 =================  ==========================================================================================
 bhsd-mini          hemorrhage (all five bleed types, colour-coded) ; infarct labelled absent (an assumption:
                    a hemorrhage cohort) ; edema unknown (a bleed may carry edema nobody outlined)
-phe-sich           edema (mask 255) ; hemorrhage *derived*: absent outside the Pascal-VOC boxes (which enclose
-                   clot + edema) and outside the filled, dilated edema rim, unknown inside them ; infarct
-                   labelled absent (an assumption: spontaneous-hemorrhage patients, see docs/segmentation.md)
+phe-sich           edema (mask 255) ; hemorrhage *derived* (:func:`phe_derived_clot`): the hyperdense pixels
+                   inside the Pascal-VOC boxes (which enclose clot + edema) or the filled, dilated edema rim,
+                   outside the edema, holes filled; absent elsewhere. Not a reader's outline ; infarct labelled
+                   absent (an assumption: spontaneous-hemorrhage patients, see docs/segmentation.md)
+ctich-masks        hemorrhage (CT-ICH's own hand-drawn masks, every matched slice, blood or not: empty masks are
+                   real negatives) ; infarct labelled absent (trauma cohort) ; edema unknown (contusions carry
+                   edema nobody outlined) ; patient ids are ctich-kaggle's, folds the committed classifier folds
 aisd-mini          infarct (> 127) ; hemorrhage and edema unknown
 cpaisd-mini        infarct = core (red) + penumbra (green), as the issue asks ; hemorrhage and edema unknown
 realtime-mini      non-augmented rows only (the 12 ischemic originals): infarct = green ; red would be
                    hemorrhage but only occurs in augmented copies, which are excluded ; others unknown
-ctich-kaggle       label-0 slices only (radiologist slice label: no hemorrhage), a seeded sample per patient:
+ctich-kaggle       (not a default source since ctich-masks) label-0 slices only, a seeded sample per patient:
                    every class labelled absent (trauma cohort; edema is *perihematomal*, so none without a
                    clot; an acute infarct visible on these slices is assumed absent, an assumption)
 =================  ==========================================================================================
@@ -37,7 +41,7 @@ ctich-kaggle       label-0 slices only (radiologist slice label: no hemorrhage),
 
 A user who has the full public sets adds them with ``public={"bhsd": folder, ...}`` (loaders in
 :mod:`strokescan.datasets.public`); each replaces the mini set cut from it (same volumes: kept together they
-would leak across folds):
+would leak across folds; ctich-nifti replaces ctich-masks):
 
 =================  ==========================================================================================
 full set           labelled ; rows
@@ -66,6 +70,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -77,23 +82,27 @@ from strokescan.core.labels import BACKGROUND, EDEMA, HEMORRHAGE, INFARCT
 from strokescan.datasets import local
 from strokescan.datasets.manifest import finalize
 from strokescan.datasets.public import PUBLIC_LOADERS
-from strokescan.datasets.splits import make_patient_folds
+from strokescan.datasets.splits import CTICH_KAGGLE_FOLDS, make_patient_folds, read_folds
 from strokescan.errors import DataError
 from strokescan.io import Scan, load_scan
 from strokescan.models.rotation import RotationEstimator
+from strokescan.preprocessing.density import blood_range
+from strokescan.preprocessing.masking import head_masks
 
 ALL_BITS = (1 << HEMORRHAGE) | (1 << EDEMA) | (1 << INFARCT)
 
 #: Classes each source labels everywhere (background is always labelled where a mask exists).
 SOURCE_LABELLED: dict[str, tuple[int, ...]] = {
     "bhsd-mini": (HEMORRHAGE, INFARCT),
-    "phe-sich": (EDEMA, INFARCT),  # hemorrhage labelled only outside boxes: see decode_sample
+    "phe-sich": (HEMORRHAGE, EDEMA, INFARCT),  # hemorrhage *derived* (phe_derived_clot): see decode_sample
     "aisd-mini": (INFARCT,),
     "cpaisd-mini": (INFARCT,),
     "realtime-mini": (INFARCT,),
-    "ctich-kaggle": (HEMORRHAGE, EDEMA, INFARCT),
+    "ctich-masks": (HEMORRHAGE, INFARCT),  # CT-ICH's own clot masks on the ctich-kaggle JPEGs
+    "ctich-kaggle": (HEMORRHAGE, EDEMA, INFARCT),  # label-0 slices only (before ctich-masks existed)
 }
-SEG_SOURCES: tuple[str, ...] = tuple(SOURCE_LABELLED)
+#: the default training sources: ctich-masks replaces the ctich-kaggle negatives (same slices, real masks)
+SEG_SOURCES: tuple[str, ...] = ("bhsd-mini", "phe-sich", "aisd-mini", "cpaisd-mini", "realtime-mini", "ctich-masks")
 
 #: The full public sets (``public=`` of :func:`build_segmentation_manifest`): classes labelled (teknofest: per
 #: row, see :func:`_teknofest_rows`) and the mini sets each replaces.
@@ -103,12 +112,14 @@ PUBLIC_LABELLED: dict[str, tuple[int, ...]] = {
     "aisd": (INFARCT,),
     "teknofest": (),
 }
-PUBLIC_REPLACES: dict[str, tuple[str, ...]] = {"bhsd": ("bhsd-mini",), "aisd": ("aisd-mini", "realtime-mini")}
+PUBLIC_REPLACES: dict[str, tuple[str, ...]] = {"bhsd": ("bhsd-mini",), "aisd": ("aisd-mini", "realtime-mini"),
+                                               "ctich-nifti": ("ctich-masks",)}
 TEKNOFEST_LABELLED = {"hemorrhage": (HEMORRHAGE,), "ischemic": (INFARCT,), "none": (HEMORRHAGE, EDEMA, INFARCT)}
 
 log = logging.getLogger(__name__)
 
 PHE_CLOT_DILATION_PX = 5  # the clot lies inside the edema rim: the filled rim, dilated, may hold clot
+PHE_CLOT_MIN_PX = 20  # smaller hyperdense specks in the region are not taken for the clot
 
 
 @lru_cache(maxsize=4)
@@ -192,6 +203,19 @@ def decode_phe(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def decode_ctich_mask(a: np.ndarray) -> np.ndarray:
+    """ctich-masks: > 127 = hemorrhage, turned from the raw export's frame into the JPEGs' (numpy.rot90 k=1;
+    the resize to the image follows in :func:`decode_sample`)."""
+    g = a if a.ndim == 2 else _rgb(a).max(axis=-1)
+    out = np.zeros(g.shape, np.uint8)
+    out[g > 127] = HEMORRHAGE
+    return np.ascontiguousarray(np.rot90(out, k=1))
+
+
+#: mask kinds drawn on another grid than the image: resized (nearest) onto the image
+RESIZED_KINDS = ("ctich-masks",)
+
+
 def _any_label(cls: int):
     def decode(a: np.ndarray) -> np.ndarray:
         out = np.zeros(a.shape[:2], np.uint8)
@@ -204,7 +228,8 @@ def _any_label(cls: int):
 
 DECODERS = {"bhsd": decode_bhsd, "aisd": decode_aisd, "cpaisd": decode_cpaisd, "realtime": decode_realtime,
             "phe-sich": decode_phe, "bhsd-nifti": _any_label(HEMORRHAGE), "ctich-nifti": _any_label(HEMORRHAGE),
-            "teknofest-hemorrhage": _any_label(HEMORRHAGE), "teknofest-infarct": _any_label(INFARCT)}
+            "teknofest-hemorrhage": _any_label(HEMORRHAGE), "teknofest-infarct": _any_label(INFARCT),
+            "ctich-masks": decode_ctich_mask}
 
 
 def mask_kind(mask_meaning: str | None) -> str | None:
@@ -235,6 +260,32 @@ class MaskSample:
     labelled: np.ndarray  # (4,) bool: class labelled everywhere on this slice (index 0 always True)
 
 
+def phe_derived_clot(pixels: np.ndarray, is_hu: bool, edema: np.ndarray, boxes: list[list[int]],
+                     min_px: int = PHE_CLOT_MIN_PX) -> np.ndarray:
+    """The *derived* phe-sich clot (PHE-SICH masks only the edema): pixels as dense as blood by the clot
+    baseline's rule (:func:`~strokescan.preprocessing.density.blood_range` of the slice's brain, 3x3 median)
+    inside the clot region (:func:`phe_clot_region`: the lesion boxes and the filled, dilated edema rim) and
+    outside the edema; pixels as white as bone count when their white blob lies wholly inside the region (a
+    large clot exported through a narrow window is as white as bone; the skull reaches outside any box);
+    components of at least ``min_px`` pixels, holes filled. A derived label, not a reader's outline."""
+    region = phe_clot_region(edema, boxes)
+    cut = blood_range(pixels, is_hu, head_masks(pixels, is_hu).brain) if region.any() else None
+    if cut is None:
+        return np.zeros(edema.shape, bool)
+    img = ndi.median_filter(np.asarray(pixels, np.float32), size=3)
+    bright = img >= cut[1]
+    labels, n = ndi.label(bright, structure=np.ones((3, 3)))
+    outside = np.unique(labels[bright & ~region])
+    island = bright & ~np.isin(labels, outside)  # white blobs wholly inside the region: clot, not skull
+    clot = (img >= cut[0]) & (~bright | island) & region & ~edema
+    labels, n = ndi.label(clot, structure=np.ones((3, 3)))
+    if n:
+        keep = np.bincount(labels.ravel()) >= min_px
+        keep[0] = False
+        clot = ndi.binary_fill_holes(keep[labels]) & ~edema
+    return clot
+
+
 def _labelled_classes(row) -> set[int]:
     """The classes a row labels: its ``labelled_classes`` ("1,3") when set, else its source's."""
     given = row.get("labelled_classes")
@@ -254,6 +305,8 @@ def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
         if kind not in DECODERS:
             raise DataError(f"{mask_path}: no decoder for mask kind {kind!r}")
         target = DECODERS[kind](_read(mask_path, _frame(row)))
+        if kind in RESIZED_KINDS and shape is not None and target.shape != tuple(shape):
+            target = cv2.resize(target, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     else:
         if shape is None:
             raise DataError(f"{row.get('image_path')}: row has no mask and no shape was given")
@@ -263,17 +316,14 @@ def decode_sample(row, shape: tuple[int, int] | None = None) -> MaskSample:
     for c in (HEMORRHAGE, EDEMA, INFARCT):
         if c not in labelled_classes:
             target[target == c] = BACKGROUND
-    unknown_bits = ALL_BITS & ~sum(1 << c for c in labelled_classes)
-    unknown = np.full(target.shape, unknown_bits, np.uint8)
     if source == "phe-sich":
         raw = row.get("boxes")
         boxes = json.loads(raw) if isinstance(raw, str) and raw else []
-        region = phe_clot_region(target == EDEMA, boxes)
-        unknown &= np.uint8(ALL_BITS & ~(1 << HEMORRHAGE))  # clot known absent outside the region ...
-        unknown[region] |= np.uint8(1 << HEMORRHAGE)  # ... and unknown inside it
-        # hemorrhage is labelled (absent) outside the region; the slice labels it everywhere only if no region
-        if not region.any():
-            labelled_classes.add(HEMORRHAGE)
+        if boxes or (target == EDEMA).any():
+            pixels, is_hu = row_slice(row)
+            target[phe_derived_clot(pixels, is_hu, target == EDEMA, boxes) & (target == BACKGROUND)] = HEMORRHAGE
+    unknown_bits = ALL_BITS & ~sum(1 << c for c in labelled_classes)
+    unknown = np.full(target.shape, unknown_bits, np.uint8)
     unknown[target > 0] = 0
     labelled = np.array([True] + [c in labelled_classes for c in (HEMORRHAGE, EDEMA, INFARCT)])
     return MaskSample(target=target, unknown=unknown, labelled=labelled)
@@ -377,7 +427,7 @@ def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCE
     loaders = {
         "bhsd-mini": local.load_bhsd_mini, "phe-sich": local.load_phe_sich, "aisd-mini": local.load_aisd_mini,
         "cpaisd-mini": local.load_cpaisd_mini, "realtime-mini": local.load_realtime_mini,
-        "ctich-kaggle": local.load_ctich_kaggle,
+        "ctich-kaggle": local.load_ctich_kaggle, "ctich-masks": local.load_ctich_masks,
     }
     public = dict(public or {})
     replaced = {mini for name in public for mini in PUBLIC_REPLACES.get(name, ())}
@@ -405,14 +455,24 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
 
     Sources with at least ``n_folds`` patients use :func:`strokescan.datasets.splits.make_patient_folds`
     (stratified on ``label``); smaller ones (realtime-mini: 3 patients) are dealt round-robin after a seeded
-    shuffle. A source whose patient ids are another's (ctich-nifti uses ctich-kaggle's) is split with it, so a
-    patient lands in one fold. Returns the folds dict of :mod:`strokescan.datasets.splits`.
+    shuffle. A source whose patient ids are another's (ctich-masks and ctich-nifti use ctich-kaggle's) is split
+    with it, so a patient lands in one fold; ctich-kaggle's people keep the committed classifier folds
+    (:data:`~strokescan.datasets.splits.CTICH_KAGGLE_FOLDS`) when ``n_folds`` is theirs, so that segmenter and
+    classifier hold out the same patients. Returns the folds dict of :mod:`strokescan.datasets.splits`.
     """
     folds: dict[str, list[str]] = {str(k): [] for k in range(n_folds)}
     group = manifest["patient"].str.split(":").str[0]  # the source, or the set whose ids a source shares
     for i, (src, g) in enumerate(manifest.groupby(group, sort=True)):
         pats = sorted(g["patient"].unique())
-        if len(pats) >= n_folds:
+        committed = read_folds(CTICH_KAGGLE_FOLDS) if src == "ctich-kaggle" else None
+        if committed is not None and committed["n_folds"] == n_folds:
+            fold = {p: k for k, ps in committed["folds"].items() for p in ps}
+            missing = sorted(set(pats) - set(fold))
+            if missing:
+                raise DataError(f"{missing[0]}: not in the committed ctich-kaggle folds ({CTICH_KAGGLE_FOLDS.name})")
+            for p in pats:
+                folds[fold[p]].append(str(p))
+        elif len(pats) >= n_folds:
             f = make_patient_folds(g, n_folds=n_folds, seed=seed, label_col="label")["folds"]
             for k, ps in f.items():
                 folds[k].extend(ps)
@@ -421,7 +481,8 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
             for j, p in enumerate(rng.permutation(pats)):
                 folds[str((j + i) % n_folds)].append(str(p))
     return {"dataset": "segmentation:" + ",".join(sorted(manifest["source"].unique())), "n_folds": n_folds,
-            "seed": seed, "label_col": "label", "label_rule": "per-source patient-grouped folds, merged",
+            "seed": seed, "label_col": "label",
+            "label_rule": "per-source patient-grouped folds, merged; ctich-kaggle's people in the committed folds",
             "folds": {k: sorted(v) for k, v in folds.items()}}
 
 

@@ -73,6 +73,39 @@ def load_ctich_kaggle(root=None) -> pd.DataFrame:
     return finalize(out, name)
 
 
+def load_ctich_masks(root=None) -> pd.DataFrame:
+    """ctich-masks: CT-ICH's own hand-drawn clot masks matched to the ctich-kaggle JPEGs (2299 slices, 318 with
+    blood; see its PROVENANCE.md). One row per matched JPEG with its mask; unmatched masks are left out.
+
+    ``patient`` is the ctich-kaggle id (the same people: one fold for both); ``label`` = ``hemorrhage`` = the
+    mask holds blood; subtypes per slice from the raw table; ``slice_index`` = the raw export's slice number.
+    """
+    name = "ctich-masks"
+    folder = _folder(root, name)
+    images = _folder(root, "ctich-kaggle")
+    df = read_csv(folder / "index.csv", ["mask_file", "patient_number", "raw_slice_number", "kaggle_file",
+                                          "mask_pixels", *SUBTYPES], f"{name} index")
+    df = df[df["kaggle_file"].notna() & (df["kaggle_file"].astype(str) != "")]
+    blood = (pd.to_numeric(df["mask_pixels"]) > 0).astype(int)
+    out = pd.DataFrame({
+        "image_path": [str(images / f) for f in df["kaggle_file"]],
+        "source_patient": df["patient_number"].astype(int).astype(str),
+        "slice_index": df["raw_slice_number"],
+        "label": blood,
+        "hemorrhage": blood,
+        "mask_path": [str(folder / f) for f in df["mask_file"]],
+        "mask_meaning": MASK_MEANINGS["ctich-masks"],
+        "orientation_note": "upright",
+        "label_note": "clot mask drawn by CT-ICH's annotators; label = mask holds blood",
+    })
+    for src, dst in SUBTYPES.items():
+        out[dst] = pd.to_numeric(df[src]).astype(int).to_numpy()
+    out["patient"] = [pid("ctich-kaggle", p) for p in out["source_patient"]]
+    check_exist(out["image_path"], images)
+    check_exist(out["mask_path"], folder)
+    return finalize(out, name)
+
+
 def _voc_boxes(xml_path: Path) -> list[list[int]]:
     if not xml_path.is_file():
         return []
@@ -294,6 +327,7 @@ def load_head_ct_dicom(root=None) -> pd.DataFrame:
 
 LOCAL_ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "ctich-kaggle": load_ctich_kaggle,
+    "ctich-masks": load_ctich_masks,
     "phe-sich": load_phe_sich,
     "bhsd-mini": load_bhsd_mini,
     "aisd-mini": load_aisd_mini,

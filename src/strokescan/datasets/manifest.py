@@ -74,6 +74,7 @@ MASK_MEANINGS: dict[str, str] = {
     "cpaisd": "cpaisd: red core, green penumbra",
     "realtime": "realtime: red hemorrhagic, green ischemic (threshold, augmented edges anti-aliased)",
     "ctich-nifti": "ctich-nifti: >0 hemorrhage (any subtype)",
+    "ctich-masks": "ctich-masks: >127 hemorrhage, in the raw export's frame: numpy.rot90(k=1), then resized (nearest) to the image",
     "teknofest": "teknofest: >0 lesion (ischemia or hemorrhage per class folder)",
 }
 

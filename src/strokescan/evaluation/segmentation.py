@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from strokescan.config import BONE_THRESHOLD_8BIT
 from strokescan.core.labels import EDEMA, HEMORRHAGE, LESION_CLASSES
 from strokescan.evaluation.metrics import patient_bootstrap
+from strokescan.preprocessing.density import hyperdense
 from strokescan.preprocessing.masking import head_masks
 
 _EIGHT = np.ones((3, 3), bool)
@@ -173,24 +173,11 @@ def compare_methods(table: pd.DataFrame, method: str = "unet", baseline: str = "
 
 def threshold_baseline(pixels: np.ndarray, is_hu: bool, k: float = 2.0, min_px: int = 20,
                        brain: np.ndarray | None = None) -> np.ndarray:
-    """Hemorrhage class-id mask (1 = blood) by intensity inside the brain mask (see module doc).
-
-    HU: 50-90 HU. 8-bit images come with unknown, different windows (CT-ICH 40/120, BHSD much wider), so
-    the cut is relative to the slice's own brain: ``median + k * IQR`` of the brain pixels (both scale
-    with the window width, so ``k`` carries over between windows), below the bone threshold.
-    """
+    """Hemorrhage class-id mask (1 = blood): :func:`~strokescan.preprocessing.density.hyperdense` inside the
+    brain mask, components of at least ``min_px`` pixels (see module doc)."""
     if brain is None:
         brain = head_masks(pixels, is_hu).brain
-    inner = ndi.binary_erosion(brain, iterations=2)
-    img = ndi.median_filter(np.asarray(pixels, np.float32), size=3)
-    if not inner.any():
-        return np.zeros(img.shape, np.uint8)
-    if is_hu:
-        blood = (img >= 50.0) & (img <= 90.0)
-    else:
-        q25, q50, q75 = np.percentile(img[inner], [25, 50, 75])
-        blood = (img >= q50 + k * max(q75 - q25, 1.0)) & (img < BONE_THRESHOLD_8BIT)
-    blood &= inner
+    blood = hyperdense(pixels, is_hu, brain, k)
     labels, n = ndi.label(blood, structure=_EIGHT)
     if n:
         sizes = np.bincount(labels.ravel())
