@@ -83,6 +83,7 @@ def blast_worker(argv: list[str]) -> int:
                     help="patches per forward pass (the tool uses 32; results do not depend on it: eval mode)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s blast-worker %(message)s", stream=sys.stdout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed on timeout: still remove the job folder
 
     import math
 
@@ -154,8 +155,9 @@ def blast_worker(argv: list[str]) -> int:
             return 4
         partial = out.with_name(out.name + ".partial.nii.gz")
         shutil.copyfile(pred_path, partial)
-        import blast_ct
         from importlib.metadata import version
+
+        import blast_ct
         side = {
             "input": os.path.abspath(args.input), "output": str(out), "seconds": seconds, "device": str(device),
             "threads": torch.get_num_threads(), "n_patches": n_patches, "batch_size": batch,
@@ -189,7 +191,7 @@ def patient_tables(data_root: str | None):
     return slices, masks.set_index("image_path")
 
 
-def reference_mask(mask_path: str, shape) -> "np.ndarray":
+def reference_mask(mask_path: str, shape):
     """The ctich-masks clot mask on the JPEG grid, as its PROVENANCE.md says: > 127, numpy.rot90 k=1, nearest
     resize to ``shape`` (what strokescan.datasets.lesion_masks does for training)."""
     import cv2
@@ -408,7 +410,7 @@ def run_blast(case: dict, inp: Path, out: Path, args, logs: Path) -> dict:
     log_path = logs / f"{case['name']}.log"
     log.info("BLAST-CT on %s (%d slices): %s  [log %s]", case["name"], len(case["paths"]), " ".join(cmd), log_path)
     t0 = time.perf_counter()
-    last = [""]
+    last = {"progress": "", "line": ""}
     with open(log_path, "a") as lf:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -420,7 +422,9 @@ def run_blast(case: dict, inp: Path, out: Path, args, logs: Path) -> dict:
                 lf.flush()
                 line = line.rstrip()
                 if line:
-                    last[0] = line
+                    last["line"] = line
+                    if "progress batch" in line:
+                        last["progress"] = line
                     log.info("  | %s", line)
 
         reader = threading.Thread(target=pump, daemon=True)
@@ -437,16 +441,18 @@ def run_blast(case: dict, inp: Path, out: Path, args, logs: Path) -> dict:
                 proc.wait()
             reader.join(timeout=5)
             el = time.perf_counter() - t0
-            note = {"status": "timeout", "seconds": el, "last_progress": last[0],
-                    "timeout_min": args.blast_timeout_min}
+            note = {"status": "timeout", "seconds": el, "last_progress": last["progress"],
+                    "last_line": last["line"], "timeout_min": args.blast_timeout_min}
             (out.parent / f"{case['name']}.timeout.json").write_text(json.dumps(note, indent=1))
-            log.warning("BLAST-CT killed after %.0f s on %s; last line: %s", el, case["name"], last[0])
+            log.warning("BLAST-CT killed after %.0f s on %s; last progress: %s", el, case["name"],
+                        last["progress"] or "(none)")
             return note
         reader.join(timeout=5)
     el = time.perf_counter() - t0
     if rc != 0 or not out.exists():
         log.error("BLAST-CT failed on %s (exit %s); see %s", case["name"], rc, log_path)
-        return {"status": "failed", "rc": rc, "seconds": el, "last_progress": last[0]}
+        return {"status": "failed", "rc": rc, "seconds": el, "last_progress": last["progress"],
+                "last_line": last["line"]}
     if not sidecar_path(out).exists():  # stock console tool: no sidecar; wall time of the process instead
         sidecar_path(out).write_text(json.dumps({"seconds": el, "tool": "blast-ct console tool",
                                                  "device": args.device, "ensemble": args.ensemble}, indent=1))
@@ -460,7 +466,8 @@ def fmt(v, spec=".3f") -> str:
 def print_table(results: list[dict], pool: dict, header: str) -> None:
     print()
     print(header)
-    cols = f"{'patient':<24}{'method':<18}{'slices':>7}{'blood':>6}{'Dice/slice':>11}{'Dice vol':>9}" \
+    w = max([len(r["name"]) for r in results] + [22]) + 2
+    cols = f"{'patient':<{w}}{'method':<18}{'slices':>7}{'blood':>6}{'Dice/slice':>11}{'Dice vol':>9}" \
            f"{'mL pred':>9}{'mL ref':>8}{'FP sl':>6}{'miss sl':>8}{'s/scan':>9}"
     print(cols)
     print("-" * len(cols))
@@ -468,14 +475,14 @@ def print_table(results: list[dict], pool: dict, header: str) -> None:
         for m in ("blast_ct", "strokescan"):
             d = r.get(m)
             if d is None:
-                print(f"{r['name']:<24}{r['labels'][m]:<18}  {r.get('blast_status', 'pending')}")
+                print(f"{r['name']:<{w}}{r['labels'][m]:<18}  {r.get('blast_status', 'pending')}")
                 continue
-            print(f"{r['name']:<24}{r['labels'][m]:<18}{d['n_slices']:>7}{d['n_blood_slices']:>6}"
+            print(f"{r['name']:<{w}}{r['labels'][m]:<18}{d['n_slices']:>7}{d['n_blood_slices']:>6}"
                   f"{fmt(d['dice_blood_slices']):>11}{fmt(d['dice_volume']):>9}{d['pred_ml']:>9.2f}{d['ref_ml']:>8.2f}"
                   f"{d['fp_slices']:>6}{d['missed_blood_slices']:>8}{d['seconds']:>9.1f}")
     for m, p in pool.items():
         if p:
-            print(f"{'POOLED n=' + str(p['n_patients']) + ' patient(s)':<24}{m:<18}{'':>7}{p['n_blood_slices']:>6}"
+            print(f"{'POOLED n=' + str(p['n_patients']) + ' patient(s)':<{w}}{m:<18}{'':>7}{p['n_blood_slices']:>6}"
                   f"{fmt(p['dice_blood_slices']):>11}{fmt(p['dice_volume_mean']):>9}{p['pred_ml']:>9.2f}"
                   f"{p['ref_ml']:>8.2f}{'':>6}{'':>8}{p['seconds_per_scan']:>9.1f}"
                   f"   (global volume Dice {fmt(p['dice_volume_global'])}, mean |mL error| "

@@ -24,10 +24,9 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 MODEL_SHA256=95f76e8b16fe42b6aa49388cb798e282c55cd70191544f4417445bb87803f99f  # peers/blast-ct/PROVENANCE.md
 
-mkdir -p "$BLAST_ENV"
-BLAST_ENV="$(cd "$BLAST_ENV" && pwd)"
+BLAST_ENV="$(realpath -m "$BLAST_ENV")"
 case "$BLAST_ENV/" in
-  "$REPO"/*) echo "blast_ct_setup: BLAST_ENV=$BLAST_ENV is inside the repository: choose a folder outside it" >&2
+  "$(realpath -m "$REPO")"/*) echo "blast_ct_setup: BLAST_ENV=$BLAST_ENV is inside the repository: choose a folder outside it" >&2
              exit 2 ;;
 esac
 

@@ -617,3 +617,21 @@ def test_run_training_refuses_folds_that_miss_patients_of_this_run(tmp_path, dat
     with pytest.raises(DataError, match="in no fold"):
         run_training(tmp_path / "run", SegTrainConfig(max_epochs=1), unet=TINY, n_folds=3, limit_per_source=1,
                      root=data_root)
+
+
+def test_fine_tuning_split_check_allows_declared_new_patients_only():
+    from strokescan.training.segmenter import _check_same_split, folds_sha256
+
+    old = {"folds": {"0": ["a", "b"], "1": ["c"], "2": ["d"]}}
+    plan = {"folds_sha256": folds_sha256(old), "test_fold": 0}
+    _check_same_split(plan, old, (0,))
+    grown = {"folds": {"0": ["a", "b"], "1": ["c"], "2": ["d", "new"]}, "added_patients": ["new"]}
+    _check_same_split(plan, grown, (0,))  # a new patient in a training fold: the rest is unchanged
+    moved = {"folds": {"0": ["a"], "1": ["c"], "2": ["d", "b"]}, "added_patients": ["new"]}
+    with pytest.raises(DataError, match="would leak"):
+        _check_same_split(plan, moved, (0,))  # b changed side
+    hidden = {"folds": {"0": ["a"], "1": ["c"], "2": ["d", "b"]}, "added_patients": ["b"]}
+    with pytest.raises(DataError, match="would leak"):
+        _check_same_split(plan, hidden, (0,))  # declaring an old patient "new" cannot hide that it moved
+    with pytest.raises(DataError, match="would leak"):
+        _check_same_split(plan, old, (1,))  # another held-out fold

@@ -450,7 +450,7 @@ def build_segmentation_manifest(root=None, sources: tuple[str, ...] = SEG_SOURCE
     return out
 
 
-def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED) -> dict:
+def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED, committed_ctich: bool = True) -> dict:
     """Patient-grouped folds made per source and merged, so that every source is spread over the folds.
 
     Sources with at least ``n_folds`` patients use :func:`strokescan.datasets.splits.make_patient_folds`
@@ -458,13 +458,15 @@ def make_source_folds(manifest: pd.DataFrame, n_folds: int = 5, seed: int = SEED
     shuffle. A source whose patient ids are another's (ctich-masks and ctich-nifti use ctich-kaggle's) is split
     with it, so a patient lands in one fold; ctich-kaggle's people keep the committed classifier folds
     (:data:`~strokescan.datasets.splits.CTICH_KAGGLE_FOLDS`) when ``n_folds`` is theirs, so that segmenter and
-    classifier hold out the same patients. Returns the folds dict of :mod:`strokescan.datasets.splits`.
+    classifier hold out the same patients (``committed_ctich=False``: made like the other sources, as before
+    issue 19, which reproduces the folds of segmenters trained then). Returns the folds dict of
+    :mod:`strokescan.datasets.splits`.
     """
     folds: dict[str, list[str]] = {str(k): [] for k in range(n_folds)}
     group = manifest["patient"].str.split(":").str[0]  # the source, or the set whose ids a source shares
     for i, (src, g) in enumerate(manifest.groupby(group, sort=True)):
         pats = sorted(g["patient"].unique())
-        committed = read_folds(CTICH_KAGGLE_FOLDS) if src == "ctich-kaggle" else None
+        committed = read_folds(CTICH_KAGGLE_FOLDS) if src == "ctich-kaggle" and committed_ctich else None
         if committed is not None and committed["n_folds"] == n_folds:
             fold = {p: k for k, ps in committed["folds"].items() for p in ps}
             missing = sorted(set(pats) - set(fold))
