@@ -421,13 +421,13 @@ def test_segmentation_and_classifier_share_one_encoder():
 
 
 def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_path, monkeypatch, data_root):
-    """The whole run on 2 patients per source (wiring, not learning): model + per-source report, then the saved
+    """The whole run on 3 patients per source, one per fold (wiring, not learning): model + per-source report, then the saved
     model as the start of a second run that only evaluates it (max_epochs 0) keeps its weights."""
     from strokescan.training.segmenter import SegTrainConfig, run_training
 
     monkeypatch.setenv("STROKESCAN_CACHE", str(tmp_path / "cache"))
     cfg = SegTrainConfig(max_epochs=1, patience=1, steps_per_epoch=1, batch_size=2, threads=1)
-    first = run_training(tmp_path / "a", cfg, unet=TINY, test_folds=(0,), n_folds=3, limit_per_source=2,
+    first = run_training(tmp_path / "a", cfg, unet=TINY, test_folds=(0,), n_folds=3, limit_per_source=3,
                          ctich_negatives_per_patient=1, root=data_root, n_boot=5)
     report = (tmp_path / "a" / "report" / "report.md").read_text()
     assert "unet" in report and "| threshold |" in report
@@ -446,10 +446,10 @@ def test_run_training_writes_model_report_and_fine_tunes_from_a_saved_model(tmp_
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "folds.json").write_text(json.dumps(moved))
     with pytest.raises(DataError, match="leak"):
-        run_training(tmp_path / "c", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
+        run_training(tmp_path / "c", zero, test_folds=(0,), n_folds=3, limit_per_source=3,
                      ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
     (tmp_path / "a" / "folds.json").unlink()  # the model's folds file is gone (a fresh clone): the fingerprint suffices
-    second = run_training(tmp_path / "b", zero, test_folds=(0,), n_folds=3, limit_per_source=2,
+    second = run_training(tmp_path / "b", zero, test_folds=(0,), n_folds=3, limit_per_source=3,
                           ctich_negatives_per_patient=1, root=data_root, n_boot=5, init_model=first["model_dir"])
     again, plan2 = load_segmenter(second["model_dir"])
     assert plan2.training["init_model"] == str(first["model_dir"]) and plan2.unet == plan.unet

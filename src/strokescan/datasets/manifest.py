@@ -7,7 +7,9 @@ added and filled with NA by :func:`finalize`, so every manifest has every column
 Patient ids
     ``patient`` is always ``"<source>:<id as the dataset writes it>"`` (e.g. ``"ctich-kaggle:49"``,
     ``"phe-sich:0004"``) so ids are unique across datasets; ``source_patient`` keeps the raw id. Where a dataset
-    has no patient id the grouping unit is documented by its adapter (a volume, or each image alone).
+    has no patient id the grouping unit is documented by its adapter (a volume, or each image alone). A set
+    holding the same people as another takes its ids (ctich-masks and ctich-nifti use ctich-kaggle's), so a
+    person lands in one fold.
 
 Labels
     Label columns are nullable integers (``Int64``): 1 present, 0 absent, NA unknown. ``label`` is the
