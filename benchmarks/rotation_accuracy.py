@@ -29,7 +29,7 @@ from strokescan.config import data_root
 from strokescan.io import load_scan
 from strokescan.core.geometry import circular_error_deg as circ_err
 from strokescan.core.geometry import circular_median_deg, rotate_image
-from strokescan.models import rotation as rot
+from strokescan.models import rotation as rotation_module
 from strokescan.models.rotation import MIN_HEAD_FRACTION as MIN_HEAD
 from strokescan.models.rotation import RotationEstimator
 
@@ -114,7 +114,7 @@ def ctich(rng: np.random.Generator, sweep_n: int, baseline: bool) -> dict:
             res[f"{key}_tilt"].append(circ_err(est, (a + tilt[p]) % 360))
             res[f"{key}_equivariance"].append(circ_err(est, (a0[i] + a) % 360))
             if baseline:
-                b = rot.classical_estimate_rotation(rot, is_hu)
+                b = rotation_module.classical_estimate_rotation(rot, is_hu)
                 res[f"{key}_baseline_frame"].append(circ_err(b, a))
                 res[f"{key}_baseline_tilt"].append(circ_err(b, (a + tilt[p]) % 360))
             if k == 0:
@@ -167,7 +167,7 @@ def phe(rng: np.random.Generator, baseline: bool) -> dict:
         res["as_stored_vs_90"].append(circ_err(est, 90.0))
         res["as_stored_vs_patient_median"].append(circ_err(est, med[p]))
         if baseline:
-            res["baseline_vs_90"].append(circ_err(rot.classical_estimate_rotation(img, is_hu), 90.0))
+            res["baseline_vs_90"].append(circ_err(rotation_module.classical_estimate_rotation(img, is_hu), 90.0))
         upright = rotate_image(img, -med[p])
         a = float(rng.uniform(0, 360))
         res["known_angle"].append(circ_err(ESTIMATOR.estimate(rotate_image(upright, a), is_hu), a))
@@ -227,10 +227,10 @@ def main() -> None:
     global ESTIMATOR
     ESTIMATOR = RotationEstimator(args.model)  # a candidate model goes through the public code path
     if args.refine_span is not None:
-        rot._REFINE_SPAN = args.refine_span
+        rotation_module._REFINE_SPAN = args.refine_span
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    out = {"seed": args.seed, "tolerance_deg": TOL, "model": args.model or "bundled", "refine_span": rot._REFINE_SPAN}
+    out = {"seed": args.seed, "tolerance_deg": TOL, "model": args.model or "bundled", "refine_span": rotation_module._REFINE_SPAN}
     out["ctich_fold0"] = ctich(rng, args.sweep_slices, not args.no_baseline)
     if not args.skip_phe:
         out["phe_sich"] = phe(rng, not args.no_baseline)

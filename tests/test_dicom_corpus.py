@@ -56,10 +56,8 @@ CORPUS = corpus_files()
 
 
 def _cli_main():
-    try:
-        from strokescan.app.cli import main
-    except ImportError:  # before the command line moved to strokescan.app
-        from strokescan.cli import main
+    from strokescan.app.cli import main
+
     return main
 
 

@@ -19,8 +19,8 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 from strokescan.core.labels import ALL_CLASSES, LESION_CLASSES, LesionClass
+
 _STRUCT_3D = ndi.generate_binary_structure(3, 2)  # 18-connectivity across slices
-_STRUCT_2D = ndi.generate_binary_structure(2, 2)  # 8-connectivity in-plane
 
 
 def pixel_area_mm2(pixel_spacing_mm) -> float | None:
