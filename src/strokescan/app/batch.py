@@ -86,7 +86,9 @@ class BatchRunner:
         return out
 
     def run(self, inputs: Sequence[str]) -> Iterator[BatchItem]:
-        """One :class:`BatchItem` per scan found, in order; an error stops only its own input."""
+        """One :class:`BatchItem` per scan found, in order; an error stops only its own input. Output names are
+        unique within one run."""
+        self._stems = set()
         targets = self.targets(inputs)
         for shown, target in tqdm(targets, desc="analysing", unit="scan", disable=not self.progress or len(targets) < 2):
             if isinstance(target, StrokescanError):

@@ -262,8 +262,9 @@ class MaskSample:
 
 def phe_derived_clot(pixels: np.ndarray, is_hu: bool, edema: np.ndarray, boxes: list[list[int]],
                      min_px: int = PHE_CLOT_MIN_PX) -> np.ndarray:
-    """The *derived* phe-sich clot (PHE-SICH masks only the edema): pixels as dense as blood by the clot
-    baseline's rule (:func:`~strokescan.preprocessing.density.blood_range` of the slice's brain, 3x3 median)
+    """The *derived* phe-sich clot (PHE-SICH masks only the edema): pixels (after a 3x3 median) in the blood
+    range of the slice's brain (:func:`~strokescan.preprocessing.density.blood_range`, here of the unfiltered pixels;
+    the clot baseline measures the filtered ones)
     inside the clot region (:func:`phe_clot_region`: the lesion boxes and the filled, dilated edema rim) and
     outside the edema; pixels as white as bone count when their white blob lies wholly inside the region (a
     large clot exported through a narrow window is as white as bone; the skull reaches outside any box);

@@ -12,8 +12,9 @@ Its steps are public, so that an explainer can reach the prepared tensors and a 
 
 Sharing between threads: a Predictor holds no per-call state (models are in eval mode and run under
 ``torch.inference_mode``), so one instance can serve the threads of a server; torch's intra-op thread count
-is process-wide and is set once here from ``threads`` or ``$STROKESCAN_TORCH_THREADS``; the per-slice numpy
-and OpenCV steps run in a thread pool of the same size, owned by the Predictor (its ``map`` is thread-safe).
+is process-wide and is set when a Predictor is built, from ``threads`` or ``$STROKESCAN_TORCH_THREADS`` (build
+one per process); the per-slice numpy and OpenCV steps run in a private thread pool of the same size (its
+``map`` is thread-safe; do not submit ``analyse`` itself to it).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         # numpy/OpenCV steps (preprocessing, mapping masks back) run over slices in this many threads
-        self.pool = ThreadPoolExecutor(max_workers=threads or torch.get_num_threads(), thread_name_prefix="strokescan")
+        self._pool = ThreadPoolExecutor(max_workers=threads or torch.get_num_threads(), thread_name_prefix="strokescan")
         self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
         self.model.to(memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU
         self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
@@ -92,7 +93,7 @@ class Predictor:
         each model's plan."""
         angles = self.rotation.slice_angles(scan, self.plan.slice_plan.correct_rotation)
         plans = [self.plan.slice_plan] + ([self.segmenter.plan.slice_plan] if self.segmenter is not None else [])
-        both = list(self.pool.map(lambda i: prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]),
+        both = list(self._pool.map(lambda i: prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]),
                                   range(scan.n_slices)))
         return PreparedScan(scan=scan, rotation_deg=angles, for_classifier=[b[0] for b in both],
                             for_segmenter=[b[1] for b in both] if self.segmenter is not None else None)
@@ -112,7 +113,7 @@ class Predictor:
         """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid."""
         if self.segmenter is None or prepared.for_segmenter is None:
             raise ModelError("this Predictor has no segmenter (construct it with segment=True)")
-        return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self.pool)
+        return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self._pool)
 
     @staticmethod
     def quantify(scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
@@ -126,7 +127,7 @@ class Predictor:
         analysed and the result says why it is out of scope."""
         problem = scope_problem(scan)
         if problem and not force:
-            raise OutOfScopeError(problem)
+            raise OutOfScopeError(f"{scan.source_path}: out of scope: {problem}", problem)
         prepared = self.prepare(scan)
         probs = self.classify(prepared)
         slices = [
