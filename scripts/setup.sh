@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv/ at the repo root and install strokescan with pinned versions (idempotent, offline-safe for torch).
+# Create .venv/ at the repo root and install strokescan with pinned versions (idempotent, offline-safe for torch);
+# with --system (CI, the test command) also the Debian packages the tests drive: Chromium for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
@@ -10,4 +11,16 @@ stamp=.venv/.strokescan-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
     touch "$stamp"
+fi
+if [ "${1:-}" = "--system" ]; then
+    need=()
+    command -v chromium >/dev/null || need+=(chromium)
+    if [ ${#need[@]} -gt 0 ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "setup: the browser tests need Debian packages: sudo apt-get install ${need[*]}" >&2
+        else
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+        fi
+    fi
 fi

@@ -44,3 +44,27 @@ def mr_dir(head_ct: Path) -> Path:
 def pydicom_file():
     """``pydicom_file("CT_small.dcm")`` -> path of a bundled pydicom test file (skips when absent)."""
     return pydicom_test_file
+
+
+def save_untrained_classifier(folder: Path, size: int = 96, seed: int = 0) -> Path:
+    """An untrained detector saved the real way (identity calibration, 0.5 thresholds at both operating points):
+    predictions meaningless, format and plumbing real."""
+    import torch
+
+    from strokescan.core.labels import DETECTION_OUTPUTS
+    from strokescan.models.classifier import OPERATING_POINTS, ClassifierPlan, SliceClassifier, save_classifier
+    from strokescan.preprocessing.pipeline import SlicePlan
+
+    torch.manual_seed(seed)
+    plan = ClassifierPlan(
+        slice_plan=SlicePlan(size=size, correct_rotation=False),
+        calibration={name: {"method": "platt", "a": 1.0, "b": 0.0} for name in DETECTION_OUTPUTS},
+        operating_points={p: {"slice_threshold": 0.5, "scan_threshold": 0.5, "rule": "test"} for p in OPERATING_POINTS},
+    )
+    save_classifier(SliceClassifier(pretrained=False), plan, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def untrained_classifier(tmp_path_factory) -> Path:
+    return save_untrained_classifier(tmp_path_factory.mktemp("untrained_classifier"))

@@ -209,16 +209,9 @@ def test_console_script_exit_status(tmp_path, head_ct):
 
 
 def test_predict_output_and_logs_carry_no_identifiers(capsys, caplog, tmp_path, mr_dir, mr_values):
-    import torch
+    from conftest import save_untrained_classifier
 
-    from strokescan.models.classifier import ClassifierPlan, SliceClassifier, save_classifier
-    from strokescan.preprocessing.pipeline import SlicePlan
-
-    torch.manual_seed(0)
-    plan = ClassifierPlan(slice_plan=SlicePlan(size=64, correct_rotation=False),
-                          calibration={"method": "platt", "a": 1.0, "b": 0.0}, slice_threshold=0.5,
-                          scan_threshold=0.5, threshold_rule="test")
-    save_classifier(SliceClassifier(pretrained=False), plan, tmp_path / "model")
+    save_untrained_classifier(tmp_path / "model", size=64)
     caplog.set_level(logging.DEBUG)
     texts = []
     for extra in (["--json"], []):

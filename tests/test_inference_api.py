@@ -41,11 +41,12 @@ def test_the_public_steps_compose_to_analyse(predictor: Predictor, series) -> No
     masks = predictor.segment(prepared)
     volumes = predictor.quantify(series, masks)
     result = predictor.analyse(series)
-    assert [s.probability for s in result.slices] == pytest.approx(probabilities.tolist(), abs=1e-6)
+    assert [s.probability for s in result.slices] == pytest.approx(probabilities[:, 0].tolist(), abs=1e-6)
+    assert [s.subtypes["intraventricular"] for s in result.slices] == pytest.approx(probabilities[:, 3].tolist(), abs=1e-6)
     assert all(np.array_equal(a, b) for a, b in zip(masks, result.masks, strict=True))
     assert result.quantification.classes["hemorrhage"].total == pytest.approx(volumes.classes["hemorrhage"].total)
-    assert np.allclose(1 / (1 + np.exp(-(predictor.calibrator.a * predictor.logits(prepared) + predictor.calibrator.b))),
-                       probabilities)
+    any_calibrator = predictor.calibrators[0]
+    assert np.allclose(any_calibrator(predictor.logits(prepared)[:, 0]), probabilities[:, 0])
 
 
 def test_one_predictor_shared_by_four_threads_gives_the_same_results(series) -> None:
@@ -111,3 +112,33 @@ def test_an_mr_slice_is_refused_unless_forced_and_no_identifier_leaks(mr_dir: Pa
     assert main(["predict", str(mr)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MR" in err[0] and "Traceback" not in err[0]
+
+
+def test_slices_without_brain_are_never_flagged_nor_scored(tmp_path: Path) -> None:
+    """Thresholds of 0 flag every slice that shows brain; an air-only slice stays unflagged and out of the
+    scan score, at either operating point."""
+    from conftest import save_untrained_classifier
+    from strokescan.io.scan import Scan
+
+    folder = save_untrained_classifier(tmp_path / "model", size=64)
+    plan = json.loads((folder / "classifier.json").read_text())
+    for point in plan["operating_points"].values():
+        point["slice_threshold"] = point["scan_threshold"] = 0.0
+    (folder / "classifier.json").write_text(json.dumps(plan))
+    head = load_scan(BLEED)
+    air = np.zeros_like(head.pixels[0])
+    scan = Scan(pixels=np.stack([head.pixels[0], air]), is_hu=head.is_hu, modality="CT", source_format="image",
+                source_path=Path("two.png"), slice_sources=["head", "air"])
+    for point in ("balanced", "sensitive"):
+        result = Predictor(folder, operating_point=point).analyse(scan)
+        assert [s.brain_visible for s in result.slices] == [True, False]
+        assert [s.positive for s in result.slices] == [True, False]
+        assert result.probability == pytest.approx(result.slices[0].probability, abs=1e-6)
+        assert result.to_dict()["operating_point"] == point
+
+
+def test_an_unknown_operating_point_is_a_typed_error(untrained_classifier: Path) -> None:
+    from strokescan.errors import ModelError
+
+    with pytest.raises(ModelError, match="operating point"):
+        Predictor(untrained_classifier, operating_point="reckless")

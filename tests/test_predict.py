@@ -12,9 +12,8 @@ import torch
 from strokescan.app.cli import main
 from strokescan.config import SAMPLES_DIR
 from strokescan.io import load_scan
-from strokescan.models.classifier import ClassifierPlan, SliceClassifier, save_classifier
-from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
 from strokescan.preprocessing.pipeline import SlicePlan
+from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
 
 GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
 BLEED = SAMPLES_DIR / "phe-sich_0021_13.png"  # large parenchymal hematoma (phe-sich box + edema rim)
@@ -23,17 +22,8 @@ bundled = pytest.mark.skipif(not (DEFAULT_CLASSIFIER_DIR / "classifier.pt").exis
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """An untrained classifier saved the real way (predictions meaningless, format and plumbing real)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    plan = ClassifierPlan(
-        slice_plan=SlicePlan(size=96, correct_rotation=False),
-        calibration={"method": "platt", "a": 1.0, "b": 0.0},
-        slice_threshold=0.5, scan_threshold=0.5, threshold_rule="test",
-    )
-    save_classifier(SliceClassifier(pretrained=False), plan, folder)
-    return folder
+def tiny_model_dir(untrained_classifier) -> Path:
+    return untrained_classifier
 
 
 def _json_lines(capsys) -> list[dict]:

@@ -78,3 +78,26 @@ BONE_THRESHOLD_HU = 300.0
 MODEL_INPUT_SIZE = 224
 
 SEED = 20261128
+
+
+# The web app (strokescan serve). Everything it stores (database, uploads, results, PNG cache, secret key) lives
+# under web_root(); the database may live elsewhere (any SQLAlchemy URL, e.g. PostgreSQL).
+WEB_DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator says otherwise
+WEB_DEFAULT_PORT = 8765
+
+
+def web_root() -> Path:
+    """The web app's instance folder: ``$STROKESCAN_WEB_DIR``, else ``$XDG_DATA_HOME/strokescan/web``."""
+    env = os.environ.get("STROKESCAN_WEB_DIR")
+    return Path(env).expanduser().resolve() if env else _xdg("XDG_DATA_HOME", ".local/share") / "web"
+
+
+def database_url() -> str:
+    """``$STROKESCAN_DATABASE_URL`` (any SQLAlchemy URL), else SQLite in :func:`web_root`."""
+    return os.environ.get("STROKESCAN_DATABASE_URL") or f"sqlite:///{web_root() / 'strokescan.db'}"
+
+
+def show_identifiers() -> bool:
+    """Patient identifiers on pages, in logs and in the database only when the operator sets
+    ``STROKESCAN_SHOW_IDENTIFIERS=1``."""
+    return os.environ.get("STROKESCAN_SHOW_IDENTIFIERS") == "1"

@@ -12,7 +12,9 @@ from pathlib import Path
 from strokescan import __version__
 from strokescan.app.batch import BatchItem, BatchRunner
 from strokescan.app.training_commands import add_training_commands
+from strokescan.app.web.commands import add_web_commands
 from strokescan.config import SAMPLES_DIR
+from strokescan.core.labels import SUBTYPE_ABBREVIATIONS
 from strokescan.errors import StrokescanError
 from strokescan.inference import Predictor, ScanResult
 from strokescan.inference.quantification import describe
@@ -42,13 +44,17 @@ def _print_table(result: ScanResult) -> None:
         print(f"  OUT OF SCOPE (analysed because --force was given): {result.out_of_scope}")
     for s in result.slices:
         where = "" if s.slice_index is None else f"slice {s.slice_index:>3}  "
-        note = "" if s.brain_visible else "  (little or no brain on this slice)"
+        note = "" if s.brain_visible else "  (little or no brain on this slice: never flagged)"
         sizes = ""
         if s.lesions:
             sizes = "".join(f"  {k} {v.area:.0f} {v.unit}" for k, v in s.lesions.items() if v.pixels)
         print(f"  {where}p={s.probability:.3f}  {flag(s.positive)}{sizes}{note}")
     if result.is_volume:
-        print(f"  scan: p={result.probability:.3f}  {flag(result.positive)}  (threshold {result.scan_threshold:.3f})")
+        print(f"  scan: p={result.probability:.3f}  {flag(result.positive)}  ({result.operating_point} operating "
+              f"point, threshold {result.scan_threshold:.3f})")
+        likely = [f"{SUBTYPE_ABBREVIATIONS[k]} {v:.2f}" for k, v in result.subtypes.items() if v >= 0.5]
+        if likely:
+            print(f"  subtypes (probability >= 0.5): {', '.join(likely)}")
     if result.quantification is not None and result.is_volume:
         for line in describe(result.quantification):
             print(f"  {line}")
@@ -69,7 +75,8 @@ def _report(item: BatchItem, as_json: bool) -> None:
 def _predict(args: argparse.Namespace, paths: Sequence[str]) -> int:
     """Analyse ``paths`` and print each result; exit status 2 when any input failed."""
     segment = bool(args.masks_dir or args.overlays_dir or args.segmenter)
-    predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment)
+    predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment,
+                          operating_point=args.operating_point)
     runner = BatchRunner(predictor, masks_dir=args.masks_dir, overlays_dir=args.overlays_dir, series=args.series,
                          force=args.force, progress=args.json and sys.stderr.isatty())
     failed = 0
@@ -124,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
         p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+        p.add_argument("--operating-point", choices=("balanced", "sensitive"), default=None,
+                       help="which stored thresholds the flags use: 'balanced' (the default: highest sensitivity + "
+                       "specificity on cross-validation) or 'sensitive' (sensitivity >= 0.95, more false alarms); "
+                       "their figures are in the model card")
         p.add_argument("--series", help="series index or SeriesInstanceUID when a folder holds several")
         p.add_argument("--masks-dir", type=Path, help="also segment lesions; write one PNG of class ids per slice "
                        "(0 background, 1 hemorrhage, 2 edema, 3 infarct) in the input's size, named <stem>.png or "
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.set_defaults(func=_cmd_demo)
 
+    add_web_commands(sub)
     add_training_commands(sub)
     return parser
 

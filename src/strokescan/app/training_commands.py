@@ -19,12 +19,17 @@ PUBLIC_SETS_HELP = "bhsd, ctich-nifti, aisd or teknofest"  # checked against les
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from strokescan.training.classifier import TrainConfig
-    from strokescan.training.workflow import train_ctich_classifier
+    import torch
 
-    cfg = TrainConfig(max_epochs=args.max_epochs, seed=args.seed)
-    train_ctich_classifier(Path(args.run_dir), Path(args.out), cfg)
-    print(f"model written to {args.out}; out-of-fold predictions in {args.run_dir}")
+    from strokescan.training.detection import DetectorConfig
+    from strokescan.training.workflow import train_detection
+
+    torch.set_num_threads(args.threads)
+    cfg = DetectorConfig(max_epochs=args.max_epochs, seed=args.seed)
+    run_dir = Path(args.run_dir or f"runs/detector_{args.protocol}")
+    out = Path(args.out) if args.out else run_dir / "model"
+    train_detection(args.protocol, run_dir, out, cfg)
+    print(f"model written to {out}; out-of-fold predictions in {run_dir}; report: strokescan evaluate --run-dir {run_dir}")
     return 0
 
 
@@ -82,12 +87,14 @@ def _train_orientation(a: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from strokescan.evaluation.classifier_eval import evaluate_classifier
-    from strokescan.evaluation.report import markdown_summary
+    from strokescan.datasets.local import real_series
+    from strokescan.evaluation.detection_report import evaluate_detector, markdown_report
 
-    figures = evaluate_classifier(args.model, Path(args.run_dir), Path(args.report), external=not args.no_external)
-    print(markdown_summary(figures))
-    print(f"\nreport written to {args.report}")
+    series = {} if args.no_series else real_series()
+    report = Path(args.report or Path(args.run_dir) / "report")
+    figures = evaluate_detector(Path(args.run_dir), report, args.model, series=series)
+    print(markdown_report(figures))
+    print(f"report written to {report}")
     return 0
 
 
@@ -101,15 +108,21 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     which = train.add_subparsers(dest="model_kind", metavar="MODEL", required=True)
 
     p = which.add_parser(
-        "classifier", help="the slice classifier, 5-fold patient-grouped CV + final model (ctich-kaggle)",
-        description="Train on ctich-kaggle: caches preprocessed features under the cache folder "
-        "($STROKESCAN_CACHE, else ~/.cache/strokescan), runs the committed 5 patient-grouped folds (resumes "
-        "finished folds from RUN_DIR), then trains the final model on all labelled slices and writes it with its "
-        "plan (calibration, thresholds).")
-    p.add_argument("--run-dir", default="runs/classifier", help="folder for per-fold results (resumable)")
-    p.add_argument("--out", default="runs/classifier/model", help="folder to write the final model to")
-    p.add_argument("--max-epochs", type=int, default=25)
+        "classifier", help="the hemorrhage detector (any + 5 subtypes, slice context), 5-fold patient-grouped CV + "
+        "final model",
+        description="Train the hemorrhage detector: caches preprocessed slices and frozen-trunk features under the "
+        "cache folder ($STROKESCAN_CACHE, else ~/.cache/strokescan), runs the committed patient-grouped folds "
+        "(resumes finished folds from RUN_DIR), then trains the final model on every labelled slice of the "
+        "protocol's sources and writes it with its plan (calibration per output, scan score rule, the 'balanced' "
+        "and 'sensitive' operating points, all from out-of-fold predictions). Protocol 'ctich' trains on "
+        "ctich-kaggle only (phe-sich stays external); 'all' adds phe-sich and the bhsd-mini positives.")
+    p.add_argument("--protocol", choices=("ctich", "all"), default="all", help="which sources train (default: all)")
+    p.add_argument("--run-dir", default=None, help="folder for per-fold results (resumable; default "
+                   "runs/detector_PROTOCOL)")
+    p.add_argument("--out", default=None, help="folder to write the final model to (default RUN_DIR/model)")
+    p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the cores)")
     p.set_defaults(func=_train_classifier)
 
     p = which.add_parser(
@@ -169,12 +182,15 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="write the classifier's evaluation report (CV and external figures with 95% CIs, plots)",
-        description="Cross-validated figures from RUN_DIR's out-of-fold predictions and external figures on "
-        "phe-sich (never trained on) with the model's stored threshold; CIs from 1000 bootstrap resamples of patients.",
+        help="write the detector's evaluation report (per-dataset CV, subtypes, calibration, real series)",
+        description="Figures from RUN_DIR's out-of-fold predictions, per dataset: slice and scan ROC-AUC, "
+        "sensitivity and specificity at both operating points with each fold's thresholds from its own validation "
+        "fold, ECE and reliability plots, ROC-AUC per subtype; sources the protocol did not train on are reported "
+        "as external. Then the final model on the real scanner series (CQ500-CT-0, CQ500-CT-1, GE): scan score "
+        "and slices flagged per operating point. 95 % CIs from 1000 bootstrap resamples of patients.",
     )
-    p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
-    p.add_argument("--run-dir", default="runs/classifier")
-    p.add_argument("--report", default="runs/classifier/report")
-    p.add_argument("--no-external", action="store_true", help="skip the external phe-sich evaluation")
+    p.add_argument("--run-dir", default="runs/detector_all")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default RUN_DIR/model)")
+    p.add_argument("--report", default=None, help="report folder (default RUN_DIR/report)")
+    p.add_argument("--no-series", action="store_true", help="skip the real scanner series")
     p.set_defaults(func=_evaluate)

@@ -66,3 +66,12 @@ N_CLASSES = len(ALL_CLASSES)
 CLASS_NAMES: tuple[str, ...] = tuple(c.label for c in ALL_CLASSES)
 #: the members by name, for code that does arithmetic on ids (``1 << HEMORRHAGE``)
 BACKGROUND, HEMORRHAGE, EDEMA, INFARCT = ALL_CLASSES
+
+#: hemorrhage subtypes, in the order of the detector's outputs after "any" (CT-ICH's five labels)
+HEMORRHAGE_SUBTYPES: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+#: the abbreviations clinicians read
+SUBTYPE_ABBREVIATIONS: dict[str, str] = {
+    "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH", "subarachnoid": "SAH", "subdural": "SDH",
+}
+#: the detector's outputs: any hemorrhage, then each subtype
+DETECTION_OUTPUTS: tuple[str, ...] = ("any", *HEMORRHAGE_SUBTYPES)

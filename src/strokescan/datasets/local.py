@@ -289,6 +289,17 @@ def cq500_scan_labels(reads_csv: Path) -> pd.DataFrame:
     return out
 
 
+#: the real scanner series the detector's report shows (folders of head-ct-dicom)
+REAL_SERIES_FOLDERS = {"CQ500-CT-0": "cq500-ct-0_thin_jpeg-lossless", "CQ500-CT-1": "cq500-ct-1_single-slice",
+                       "GE HiSpeed": "ge-hispeed-dual_gantry-tilt"}
+
+
+def real_series(root=None) -> dict[str, str]:
+    """Name -> folder of each real scanner series in head-ct-dicom."""
+    folder = _folder(root, "head-ct-dicom")
+    return {name: str(folder / sub) for name, sub in REAL_SERIES_FOLDERS.items()}
+
+
 def load_head_ct_dicom(root=None) -> pd.DataFrame:
     """head-ct-dicom: one row per series folder (image_path = the folder, or the file when the folder holds a
     single DICOM). CQ500 rows get scan-level labels from labels/cq500_reads.csv (``label`` = ``hemorrhage`` =

@@ -5,7 +5,7 @@ Its steps are public, so that an explainer can reach the prepared tensors and a 
 
     predictor = Predictor(segment=True)
     prepared = predictor.prepare(scan)            # rotation estimated once, slices windowed, cropped, resized
-    probabilities = predictor.classify(prepared)  # calibrated, one per slice
+    probabilities = predictor.classify(prepared)  # calibrated, (slices, outputs): any, then the subtypes
     masks = predictor.segment(prepared)           # class ids on the scan's own pixel grid
     volumes = predictor.quantify(scan, masks)     # areas, mL, ABC/2
     result = predictor.analyse(scan)              # all of the above, plus the scope check
@@ -36,14 +36,13 @@ from strokescan.inference.results import ScanResult, SliceResult
 from strokescan.inference.segmenter import Segmenter
 from strokescan.io import Scan, load_scan
 from strokescan.io.scope import scope_problem
-from strokescan.models.classifier import load_classifier
+from strokescan.models.classifier import OPERATING_POINTS, load_classifier, scan_score
 from strokescan.models.rotation import RotationEstimator
 from strokescan.preprocessing.pipeline import PreparedSlice, prepare_slices
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSIFIER_DIR = BUNDLED_MODELS_DIR / "classifier"
-MIN_BRAIN_FRACTION = 0.02  # below this a slice shows (almost) no brain: scored, but flagged
 
 
 @dataclass
@@ -64,11 +63,13 @@ class Predictor:
     """Loads the bundled (or given) models once; ``analyse`` turns a Scan into a ScanResult.
 
     With ``segment=True`` (or a ``segmenter_dir``) the lesion U-Net also runs: the result then carries class-id
-    masks in the input's grid, per-slice areas and per-scan volumes.
+    masks in the input's grid, per-slice areas and per-scan volumes. ``operating_point`` ("balanced" or
+    "sensitive"; default the model plan's) sets the thresholds of the flags.
     """
 
     def __init__(self, classifier_dir: Path | None = None, segmenter_dir: Path | None = None, segment: bool = False,
-                 orientation_dir: Path | None = None, batch_size: int = 4, threads: int | None = None) -> None:
+                 orientation_dir: Path | None = None, batch_size: int = 4, threads: int | None = None,
+                 operating_point: str | None = None) -> None:
         threads = threads or torch_threads()
         if threads:
             torch.set_num_threads(threads)
@@ -76,7 +77,10 @@ class Predictor:
         self._pool = ThreadPoolExecutor(max_workers=threads or torch.get_num_threads(), thread_name_prefix="strokescan")
         self.model, self.plan = load_classifier(Path(classifier_dir or DEFAULT_CLASSIFIER_DIR))
         self.model.to(memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU
-        self.calibrator = PlattCalibrator.from_dict(self.plan.calibration)
+        self.calibrators = [PlattCalibrator.from_dict(self.plan.calibration[name]) for name in self.plan.outputs]
+        self.operating_point = operating_point or self.plan.default_operating_point
+        if self.operating_point not in OPERATING_POINTS:
+            raise ModelError(f"unknown operating point {self.operating_point!r} (choose from {', '.join(OPERATING_POINTS)})")
         self.rotation = RotationEstimator(orientation_dir)
         self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
         self.batch_size = batch_size
@@ -99,15 +103,19 @@ class Predictor:
                             for_segmenter=[b[1] for b in both] if self.segmenter is not None else None)
 
     def logits(self, prepared: PreparedScan) -> np.ndarray:
-        """The classifier's raw logit per slice."""
+        """The detector's raw logits, (slices, outputs): each slice embedded on its own (in batches), then the
+        slice context over the scan's slices in order."""
         x = prepared.classifier_input().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = [self.model(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return torch.cat(out).numpy()
+            emb = torch.cat([self.model.embed(self.model.trunk(x[i:i + self.batch_size]))
+                             for i in range(0, len(x), self.batch_size)]).unsqueeze(0)
+            out = self.model.context_logits(emb, torch.ones(emb.shape[:2], dtype=torch.bool))[0]
+        return out.numpy()
 
     def classify(self, prepared: PreparedScan) -> np.ndarray:
-        """Calibrated probability of hemorrhage per slice."""
-        return self.calibrator(self.logits(prepared))
+        """Calibrated probabilities, (slices, outputs): any hemorrhage, then each subtype (``plan.outputs``)."""
+        logits = self.logits(prepared)
+        return np.stack([c(logits[:, j]) for j, c in enumerate(self.calibrators)], axis=1)
 
     def segment(self, prepared: PreparedScan) -> list[np.ndarray]:
         """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid."""
@@ -130,18 +138,24 @@ class Predictor:
             raise OutOfScopeError(f"{scan.source_path}: out of scope: {problem}", problem)
         prepared = self.prepare(scan)
         probs = self.classify(prepared)
+        slice_threshold = self.plan.threshold("slice", self.operating_point)
+        scan_threshold = self.plan.threshold("scan", self.operating_point)
+        shows_brain = np.array([p.brain_fraction >= self.plan.min_brain_fraction for p in prepared.for_classifier])
         slices = [
             SliceResult(
                 slice_index=i if scan.is_volume else None,
                 source=scan.slice_sources[i] if i < len(scan.slice_sources) else str(scan.source_path),
-                probability=float(probs[i]),
-                positive=bool(probs[i] >= self.plan.slice_threshold),
+                probability=float(probs[i, 0]),
+                positive=bool(shows_brain[i] and probs[i, 0] >= slice_threshold),
                 rotation_deg=p.rotation_deg,
-                brain_visible=p.brain_fraction >= MIN_BRAIN_FRACTION,
+                brain_visible=bool(shows_brain[i]),
+                subtypes={name: float(probs[i, j]) for j, name in enumerate(self.plan.outputs) if j > 0},
             )
             for i, p in enumerate(prepared.for_classifier)
         ]
-        score = float(probs.max())
+        score = scan_score(probs[shows_brain, 0], self.plan.scan_score)
+        subtypes = {name: float(probs[shows_brain, j].max()) if shows_brain.any() else 0.0
+                    for j, name in enumerate(self.plan.outputs) if j > 0}
         masks = quantification = None
         if self.segmenter is not None:
             masks = self.segment(prepared)
@@ -153,9 +167,11 @@ class Predictor:
             n_slices=scan.n_slices,
             slices=slices,
             probability=score,
-            positive=bool(score >= self.plan.scan_threshold),
-            slice_threshold=self.plan.slice_threshold,
-            scan_threshold=self.plan.scan_threshold,
+            positive=bool(score >= scan_threshold),
+            slice_threshold=slice_threshold,
+            scan_threshold=scan_threshold,
+            operating_point=self.operating_point,
+            subtypes=subtypes,
             model=self.model_info,
             masks=masks,
             quantification=quantification,

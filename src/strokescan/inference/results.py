@@ -16,7 +16,7 @@ import numpy as np
 from strokescan.inference.quantification import LesionArea, SeriesQuantification
 
 #: bump the minor number for added fields, the major one for renamed or removed fields
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: subtypes, operating point, flags only on slices showing brain
 
 
 @dataclass
@@ -25,10 +25,11 @@ class SliceResult:
 
     slice_index: int | None  # None for a single 2-D image
     source: str  # file (or file#frame) the slice came from
-    probability: float  # calibrated probability of hemorrhage on this slice
-    positive: bool  # probability >= the model's stored slice threshold
+    probability: float  # calibrated probability of any hemorrhage on this slice
+    positive: bool  # brain visible and probability >= the operating point's slice threshold
     rotation_deg: float  # in-plane rotation removed before analysis
-    brain_visible: bool  # False for slices with (almost) no brain: skull base, vertex, outside the head
+    brain_visible: bool  # False for slices with (almost) no brain: skull base, vertex, outside the head; never flagged
+    subtypes: dict[str, float] = field(default_factory=dict)  # calibrated probability per hemorrhage subtype
     lesions: dict[str, LesionArea] | None = None  # per lesion class, when segmentation ran
 
     def to_dict(self) -> dict[str, Any]:
@@ -39,6 +40,7 @@ class SliceResult:
             "positive": self.positive,
             "rotation_deg": round(self.rotation_deg, 1),
             "brain_visible": self.brain_visible,
+            "subtypes": {k: round(v, 4) for k, v in self.subtypes.items()},
         }
         if self.lesions is not None:
             out["lesions"] = {k: v.to_dict() for k, v in self.lesions.items()}
@@ -52,10 +54,12 @@ class ScanResult:
     path: str
     n_slices: int
     slices: list[SliceResult]
-    probability: float  # scan score: the highest slice probability
-    positive: bool  # probability >= the stored scan threshold
+    probability: float  # scan score over slices showing brain (the model plan's rule: max or top-3 mean)
+    positive: bool  # probability >= the operating point's scan threshold
     slice_threshold: float
     scan_threshold: float
+    operating_point: str = "balanced"  # which stored operating point the flags use
+    subtypes: dict[str, float] = field(default_factory=dict)  # per subtype: highest slice probability (brain slices)
     model: dict[str, str] = field(default_factory=dict)
     masks: list[np.ndarray] | None = None  # class-id masks in the input's grid, when segmentation ran
     quantification: SeriesQuantification | None = None
@@ -67,13 +71,15 @@ class ScanResult:
 
     @property
     def most_suspicious_slice(self) -> int | None:
-        return max(self.slices, key=lambda s: s.probability).slice_index
+        candidates = [s for s in self.slices if s.brain_visible] or self.slices
+        return max(candidates, key=lambda s: s.probability).slice_index
 
     def scan_summary(self) -> dict[str, Any]:
         """The scan-level answer: score, flag, where to look."""
         return {
             "probability": round(self.probability, 4),
             "positive": self.positive,
+            "subtypes": {k: round(v, 4) for k, v in self.subtypes.items()},
             "most_suspicious_slice": self.most_suspicious_slice,
             "positive_slices": [s.slice_index for s in self.slices if s.positive],
         }
@@ -86,6 +92,7 @@ class ScanResult:
             "n_slices": self.n_slices,
             "out_of_scope": self.out_of_scope,
             "model": dict(self.model),
+            "operating_point": self.operating_point,
             "thresholds": {"slice": round(self.slice_threshold, 6), "scan": round(self.scan_threshold, 6)},
             "scan": self.scan_summary(),
             "slices": [s.to_dict() for s in self.slices],

@@ -1,8 +1,11 @@
-"""The slice classifier: ImageNet-pretrained EfficientNet-Lite0, split into a frozen trunk and a trained top.
+"""The hemorrhage detector: ImageNet-pretrained EfficientNet-Lite0 per slice, then context across slices.
 
 The trunk (stem and the first ``TRAINABLE_FROM`` blocks) keeps its ImageNet weights and its outputs are
-cached once per slice (see ``strokescan.training.classifier``); the top (the last blocks, the head
-convolution, dropout and one logit) is trained. Saved as fp16 weights plus a JSON plan with its sha256.
+cached once per slice (see ``strokescan.training.detection``); the top (the last blocks and the head
+convolution) gives one embedding per slice, a linear layer one logit per output (any hemorrhage, then the five
+subtypes of :data:`~strokescan.core.labels.DETECTION_OUTPUTS`), and :class:`SliceContext` refines those logits
+from the neighbouring slices' embeddings (2.5-D context, as the RSNA 2019 winners did with sequence models).
+Saved as fp16 weights plus a JSON plan with its sha256.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from strokescan.core.labels import DETECTION_OUTPUTS
 from strokescan.models.encoder import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 from strokescan.models.storage import load_weights, read_plan, save_model
 from strokescan.preprocessing.pipeline import SlicePlan
@@ -23,10 +28,28 @@ WEIGHTS_FILE = "classifier.pt"
 PLAN_FILE = "classifier.json"
 
 
-class SliceClassifier(nn.Module):
-    """``trunk`` maps normalised 3-channel slices to cached features; ``top`` maps features to a logit."""
+class SliceContext(nn.Module):
+    """Corrections to each slice's logits from its neighbours: two 3-wide 1-D convolutions along the scan over
+    projected slice embeddings (each slice sees two neighbours on either side; beyond the scan, zeros)."""
 
-    def __init__(self, pretrained: bool = True, dropout: float = 0.3) -> None:
+    def __init__(self, embedding_dim: int, n_outputs: int, width: int = 128) -> None:
+        super().__init__()
+        self.project = nn.Linear(embedding_dim, width)
+        self.convs = nn.Sequential(nn.Conv1d(width, width, 3, padding=1), nn.ReLU(),
+                                   nn.Conv1d(width, width, 3, padding=1), nn.ReLU())
+        self.out = nn.Linear(width, n_outputs)
+
+    def forward(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) embeddings of B slice runs, (B, L) bool for real slices -> (B, L, n_outputs) corrections."""
+        h = torch.relu(self.project(embeddings)) * valid.unsqueeze(-1)
+        return self.out(self.convs(h.transpose(1, 2)).transpose(1, 2))
+
+
+class SliceClassifier(nn.Module):
+    """``trunk`` maps normalised 3-channel slices to cached features; ``embed`` maps features to one embedding
+    per slice, ``slice_logits`` embeddings to logits, ``context_logits`` runs of slices to logits with context."""
+
+    def __init__(self, pretrained: bool = True, dropout: float = 0.3, n_outputs: int = len(DETECTION_OUTPUTS)) -> None:
         super().__init__()
         net = efficientnet_lite0(pretrained)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
@@ -34,7 +57,8 @@ class SliceClassifier(nn.Module):
         self.top_blocks = nn.ModuleList(net._blocks[TRAINABLE_FROM:])
         self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(net._fc.in_features, 1)
+        self.fc = nn.Linear(net._fc.in_features, n_outputs)
+        self.context = SliceContext(net._fc.in_features, n_outputs)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -45,16 +69,25 @@ class SliceClassifier(nn.Module):
             x = block(x)
         return x
 
-    def top(self, features: torch.Tensor) -> torch.Tensor:
-        """Trained part: features -> one logit per slice."""
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Trained part: trunk features (N, C, h, w) -> (N, D) slice embeddings."""
         x = features
         for block in self.top_blocks:
             x = block(x)
-        x = self.head(x).mean(dim=(2, 3))
-        return self.fc(self.dropout(x)).squeeze(1)
+        return self.head(x).mean(dim=(2, 3))
+
+    def slice_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(..., D) embeddings -> (..., n_outputs) logits of each slice on its own."""
+        return self.fc(self.dropout(embeddings))
+
+    def context_logits(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) embeddings of runs of consecutive slices -> (B, L, n_outputs) logits with context."""
+        return self.slice_logits(embeddings) + self.context(embeddings, valid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(self.trunk(x))
+        """(L, 3, S, S) consecutive slices of one scan -> (L, n_outputs) logits with context."""
+        emb = self.embed(self.trunk(x)).unsqueeze(0)
+        return self.context_logits(emb, torch.ones(emb.shape[:2], dtype=torch.bool))[0]
 
     def load_encoder_from_segmenter(self, unet: nn.Module) -> None:
         """Copy the stem and the EfficientNet blocks of a segmentation U-Net (:class:`~strokescan.models.unet.
@@ -64,21 +97,45 @@ class SliceClassifier(nn.Module):
             mine.load_state_dict(theirs.state_dict())
 
     def top_parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.top_blocks, self.head, self.fc) for p in m.parameters()]
+        return [p for m in (self.top_blocks, self.head, self.fc, self.context) for p in m.parameters()]
+
+
+#: how the slices' "any" probabilities become the scan score (the rule is chosen on validation folds)
+SCAN_SCORES = {
+    "max": lambda p: float(np.max(p)),
+    "top3_mean": lambda p: float(np.mean(np.sort(p)[-3:])),
+}
+OPERATING_POINTS = ("balanced", "sensitive")
+
+
+def scan_score(probabilities: np.ndarray, rule: str) -> float:
+    """The scan score of slice probabilities (of slices showing brain) by ``rule``; 0 when there is none."""
+    probabilities = np.asarray(probabilities, float)
+    return SCAN_SCORES[rule](probabilities) if probabilities.size else 0.0
 
 
 @dataclass
 class ClassifierPlan:
-    """Everything a run decided, stored beside the weights and checked on load."""
+    """Everything a run decided, stored beside the weights and checked on load.
+
+    ``operating_points`` maps "balanced" and "sensitive" to ``{"slice_threshold", "scan_threshold", "rule",
+    "cross_validation": {...}}`` (thresholds on calibrated probabilities, chosen on out-of-fold predictions).
+    """
 
     slice_plan: SlicePlan
-    calibration: dict  # {"method": "platt", "a": .., "b": ..}: p = sigmoid(a * logit + b)
-    slice_threshold: float  # on calibrated probability
-    scan_threshold: float  # on the scan score (max calibrated slice probability)
-    threshold_rule: str
+    calibration: dict  # output name -> {"method": "platt", "a": .., "b": ..}: p = sigmoid(a * logit + b)
+    operating_points: dict
+    scan_score: str = "max"  # key of SCAN_SCORES
+    outputs: tuple[str, ...] = DETECTION_OUTPUTS
+    default_operating_point: str = "balanced"
+    min_brain_fraction: float = 0.02  # slices with less brain are never flagged and do not count for the scan
     training: dict = field(default_factory=dict)  # data, folds, epochs, seed, versions
     metrics: dict = field(default_factory=dict)  # cross-validated and external figures
     weights_sha256: str = ""
+
+    def threshold(self, level: str, point: str | None = None) -> float:
+        """The ``level`` ("slice" or "scan") threshold of operating point ``point`` (default: the plan's)."""
+        return float(self.operating_points[point or self.default_operating_point][f"{level}_threshold"])
 
     def to_json(self) -> str:
         d = self.__dict__.copy()
@@ -89,6 +146,7 @@ class ClassifierPlan:
     def from_json(cls, text: str) -> ClassifierPlan:
         d = json.loads(text)
         d["slice_plan"] = SlicePlan(**d["slice_plan"])
+        d["outputs"] = tuple(d.get("outputs", DETECTION_OUTPUTS))
         return cls(**d)
 
 

@@ -1,0 +1,1 @@
+"""The web app (Flask): worklist, viewer, upload, REST API."""

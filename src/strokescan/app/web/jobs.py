@@ -1,0 +1,123 @@
+"""The analysis queue, persisted in the database: an upload becomes a ``queued`` study; a worker thread claims
+the oldest one (an atomic ``UPDATE ... WHERE status = 'queued'``, safe with several workers or processes), runs
+the one :class:`~strokescan.inference.Predictor`, writes the viewer's PNG cache and stores the result.
+
+A failure marks the study ``failed`` with one line (never a traceback, never a server path) and keeps the
+upload. At start-up, studies left ``running`` by a stopped server are queued again: a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
+
+from strokescan.app.web.db import Study, StudyStatus, utcnow
+from strokescan.app.web.render import render_study
+from strokescan.errors import StrokescanError
+from strokescan.inference import Predictor, ScanResult
+from strokescan.io import load_scan
+
+log = logging.getLogger(__name__)
+
+
+def requeue_interrupted(sessions: sessionmaker) -> int:
+    """Queue again every study a stopped server left ``running``; returns how many."""
+    with sessions.begin() as session:
+        return session.execute(update(Study).where(Study.status == StudyStatus.RUNNING)
+                               .values(status=StudyStatus.QUEUED, started_at=None)).rowcount
+
+
+def claim_next(sessions: sessionmaker) -> int | None:
+    """Mark the oldest queued study running and return its id (None when the queue is empty)."""
+    with sessions.begin() as session:
+        for study_id in session.scalars(select(Study.id).where(Study.status == StudyStatus.QUEUED)
+                                        .order_by(Study.created_at, Study.id).limit(5)):
+            claimed = session.execute(update(Study).where(Study.id == study_id, Study.status == StudyStatus.QUEUED)
+                                      .values(status=StudyStatus.RUNNING, started_at=utcnow())).rowcount
+            if claimed:
+                return study_id
+    return None
+
+
+def public_document(result: ScanResult, label: str, show_identifiers: bool) -> dict:
+    """The result document as the web app stores and serves it: file names (which may carry a patient's name)
+    replaced by slice numbers unless the operator opted in."""
+    doc = result.to_dict()
+    if not show_identifiers:
+        doc["path"] = label
+        for i, s in enumerate(doc["slices"]):
+            s["source"] = f"slice {i + 1}"
+    return doc
+
+
+def one_line(error: Exception, instance_dir: Path) -> str:
+    """The error's first line with the instance folder's path taken out."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.replace(str(instance_dir) + "/", "").replace(str(instance_dir), "")
+
+
+class JobWorker(threading.Thread):
+    """Runs queued analyses one at a time until :meth:`stop`; the Predictor is built on first use."""
+
+    def __init__(self, sessions: sessionmaker, instance_dir: Path, predictor_factory: Callable[[], Predictor],
+                 show_identifiers: bool = False, poll_seconds: float = 0.5) -> None:
+        super().__init__(name="strokescan-jobs", daemon=True)
+        self.sessions, self.instance_dir = sessions, instance_dir
+        self._factory, self._predictor = predictor_factory, None
+        self.show_identifiers, self.poll_seconds = show_identifiers, poll_seconds
+        self._stop_event, self.idle = threading.Event(), threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            study_id = claim_next(self.sessions)
+            if study_id is None:
+                self.idle.set()
+                self._stop_event.wait(self.poll_seconds)
+                continue
+            self.idle.clear()
+            self.process(study_id)
+
+    def process(self, study_id: int) -> None:
+        """Analyse one claimed study and store the outcome."""
+        with self.sessions() as session:
+            study = session.get(Study, study_id)
+            label, path = study.label, self.instance_dir / study.analyse_path
+            folder = self.instance_dir / study.upload_dir
+        log.info("study %d: analysis started", study_id)
+        values: dict = {"finished_at": utcnow()}
+        try:
+            if self._predictor is None:
+                self._predictor = self._factory()
+            scan = load_scan(path)
+            result = self._predictor.analyse(scan)
+            render_study(scan, result.masks, folder / "view")
+            doc = public_document(result, label, self.show_identifiers)
+            (folder / "view" / "result.json").write_text(json.dumps(doc))
+            slice_mm = scan.slice_spacing_mm or scan.slice_thickness_mm
+            (folder / "view" / "geometry.json").write_text(json.dumps(
+                {"pixel_spacing_mm": scan.pixel_spacing_mm, "slice_mm": slice_mm, "is_hu": scan.is_hu}))
+            clot = doc["volumes"]["hemorrhage"] if doc.get("volumes") else None
+            values.update(
+                status=StudyStatus.DONE, error=None, n_slices=result.n_slices, probability=result.probability,
+                positive=result.positive, operating_point=result.operating_point,
+                subtypes_json=json.dumps(doc["scan"]["subtypes"]), result_json=json.dumps(doc),
+                clot_ml=clot["volume"] if clot and clot["unit"] == "mL" else None,
+            )
+            log.info("study %d: done (%d slices)", study_id, result.n_slices)
+        except StrokescanError as error:
+            values.update(status=StudyStatus.FAILED, error=one_line(error, self.instance_dir))
+            log.info("study %d: failed: %s", study_id, values["error"])
+        except Exception as error:  # noqa: BLE001 - a job must never take the worker down
+            log.exception("study %d: internal error", study_id)
+            values.update(status=StudyStatus.FAILED, error=f"internal error ({type(error).__name__}); the upload is kept")
+        with self.sessions.begin() as session:
+            session.execute(update(Study).where(Study.id == study_id).values(**values))
