@@ -14,6 +14,7 @@ import pytest
 from strokescan.app.batch import BatchRunner
 from strokescan.app.cli import main
 from strokescan.config import SAMPLES_DIR
+from strokescan.core.labels import HEMORRHAGE_SUBTYPES
 from strokescan.errors import OutOfScopeError
 from strokescan.inference import SCHEMA_VERSION, Predictor
 from strokescan.io import load_scan
@@ -62,14 +63,20 @@ def test_result_document_has_one_schema_and_the_json_lines_derive_from_it(predic
     result = predictor.analyse(series)
     doc = json.loads(json.dumps(result.to_dict()))  # JSON-serialisable as it is
     assert doc["schema_version"] == SCHEMA_VERSION
-    assert set(doc) == {"schema_version", "path", "n_slices", "out_of_scope", "model", "thresholds", "scan",
-                        "slices", "volumes"}
+    assert set(doc) == {"schema_version", "path", "n_slices", "out_of_scope", "model", "operating_point",
+                        "thresholds", "scan", "slices", "volumes"}
     assert doc["out_of_scope"] is None and doc["n_slices"] == len(doc["slices"]) == 28
-    assert doc["scan"]["probability"] == pytest.approx(max(s["probability"] for s in doc["slices"]), abs=1e-4)
+    brain = sorted(s["probability"] for s in doc["slices"] if s["brain_visible"])
+    assert predictor.plan.scan_score == "top3_mean"  # the bundled model's rule, chosen on validation folds
+    assert doc["scan"]["probability"] == pytest.approx(sum(brain[-3:]) / 3, abs=1e-3)
+    assert doc["operating_point"] == "balanced" and set(doc["scan"]["subtypes"]) == set(HEMORRHAGE_SUBTYPES)
+    assert [s["positive"] for s in doc["slices"]] == [
+        s["brain_visible"] and s["probability"] >= doc["thresholds"]["slice"] for s in doc["slices"]]
     assert doc["volumes"]["hemorrhage"]["unit"] == "mL"
     lines = result.json_lines()
     assert [line["probability"] for line in lines[:-1]] == [s["probability"] for s in doc["slices"]]
     assert lines[-1]["scan"] is True and lines[-1]["volumes"] == doc["volumes"]
+    assert lines[-1]["operating_point"] == "balanced" and lines[-1]["thresholds"] == doc["thresholds"]
     assert all(line["schema_version"] == SCHEMA_VERSION for line in lines)
     text = json.dumps(doc)
     for uid in (series.identifiers.study_instance_uid, series.identifiers.series_instance_uid):

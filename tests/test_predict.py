@@ -78,11 +78,13 @@ def test_size_limit_from_the_environment_is_refused_with_exit_2(tmp_path):
 
 @bundled
 def test_bundled_model_ranks_a_hemorrhage_slice_above_a_normal_one():
+    """A wiring check, not an evaluation: the bundled detector trained on PHE-SICH, these slices included."""
     predictor = Predictor()
-    bleed = predictor.analyse(load_scan(BLEED)).probability
-    normal = predictor.analyse(load_scan(NORMAL)).probability
-    assert bleed > normal
-    assert bleed >= predictor.plan.slice_threshold > normal
+    bleed = predictor.analyse(load_scan(BLEED))
+    normal = predictor.analyse(load_scan(NORMAL))
+    assert bleed.probability > normal.probability
+    assert bleed.probability >= predictor.plan.threshold("slice") > normal.probability
+    assert bleed.positive and not normal.positive and bleed.operating_point == "balanced"
 
 
 # --- segmentation through `predict --masks-dir / --overlays-dir` ---------------------------------------------

@@ -43,6 +43,9 @@ from strokescan.preprocessing.pipeline import PreparedSlice, prepare_slices
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSIFIER_DIR = BUNDLED_MODELS_DIR / "classifier"
+#: the scan threshold was chosen on whole scans (about 30 slices); an input with fewer slices showing brain (a
+#: single image, a few slices) is flagged when one of its slices is
+MIN_SLICES_FOR_SCAN_THRESHOLD = 3
 
 
 @dataclass
@@ -167,7 +170,8 @@ class Predictor:
             n_slices=scan.n_slices,
             slices=slices,
             probability=score,
-            positive=bool(score >= scan_threshold),
+            positive=bool(score >= scan_threshold) if shows_brain.sum() >= MIN_SLICES_FOR_SCAN_THRESHOLD
+            else any(s.positive for s in slices),
             slice_threshold=slice_threshold,
             scan_threshold=scan_threshold,
             operating_point=self.operating_point,

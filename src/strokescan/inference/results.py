@@ -103,7 +103,7 @@ class ScanResult:
         """The CLI's line protocol: one object per slice, then (for a multi-slice scan) one scan-level object
         with ``"scan": true``; ``mask_paths`` (one per slice) when masks were written."""
         doc = self.to_dict()
-        common = {"schema_version": SCHEMA_VERSION, "path": self.path}
+        common = {"schema_version": SCHEMA_VERSION, "path": self.path, "operating_point": self.operating_point}
         if self.out_of_scope:
             common["out_of_scope"] = self.out_of_scope
         lines = []
@@ -113,7 +113,8 @@ class ScanResult:
                 line["mask"] = mask_paths[i] if mask_paths else None
             lines.append(line)
         if self.is_volume:
-            scan_line = {**common, "scan": True, "slice_index": None, "n_slices": self.n_slices, **doc["scan"]}
+            scan_line = {**common, "scan": True, "slice_index": None, "n_slices": self.n_slices, **doc["scan"],
+                         "thresholds": doc["thresholds"]}
             if doc["volumes"] is not None:
                 scan_line["volumes"] = doc["volumes"]
             lines.append(scan_line)

@@ -90,7 +90,7 @@ def predict_runs(model: SliceClassifier, feats: torch.Tensor, runs: list[np.ndar
     model.eval()
     out = np.full((n_rows, len(DETECTION_OUTPUTS)), np.nan)
     for run in runs:
-        index = torch.as_tensor(run).unsqueeze(0)
+        index = torch.from_numpy(np.array(run)).unsqueeze(0)
         logits, _, _ = _run_logits(model, feats, index)
         out[run] = logits[0].numpy()
     return out
