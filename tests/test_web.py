@@ -50,8 +50,7 @@ def app(tmp_path, model_dir, monkeypatch):
 
 def _wait(app, timeout: float = 120) -> None:
     worker: JobWorker = app.extensions["strokescan"]["worker"]
-    worker.idle.clear()
-    assert worker.idle.wait(timeout), "the job worker did not finish in time"
+    assert worker.wait_until_idle(timeout), "the job worker did not finish in time"
 
 
 def _csrf(client, url: str = "/login") -> str:

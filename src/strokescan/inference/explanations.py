@@ -9,7 +9,12 @@ Methods come from MONAI (:mod:`monai.visualize`), not hand-written:
     cannot attribute that correction to pixels of one slice, so it is left out (see docs/explanations.md).
     ``layer`` picks the feature map: ``"head"`` (the head convolution after BN and ReLU6, 7 x 7 for a 224-px
     input: what the global pooling averages, so Grad-CAM there is the class activation map), ``"block13"``
-    (the last frozen block, 7 x 7) or ``"block10"`` (the last 14 x 14 block, finer).
+    (the last frozen block, 7 x 7), ``"block10"`` (the last 14 x 14 block, finer) or ``"block7"`` (14 x 14,
+    the end of the 80-channel stage).
+``vanillagrad`` / ``smoothgrad``
+    MONAI's input gradients (Simonyan et al. 2014) / SmoothGrad (Smilkov et al. 2017, 8 noisy copies): the
+    largest absolute gradient over the three input channels per pixel, blurred (Gaussian, sigma 1/56 of the
+    input side) so that the maximum marks a region rather than one pixel.
 ``occlusion``
     MONAI's occlusion sensitivity: the drop of the same logit when a Gaussian-weighted square (1/7 of the
     input side) is blanked, on a grid with half-square overlap (about 170 forward passes per 224-px slice).
@@ -43,9 +48,12 @@ from strokescan.core.geometry import Box, rotate_image
 from strokescan.errors import ModelError
 from strokescan.models.classifier import SliceClassifier
 
-METHODS = ("gradcam", "gradcampp", "occlusion")
+METHODS = ("gradcam", "gradcampp", "occlusion", "vanillagrad", "smoothgrad")
 #: Grad-CAM target layers: module names inside :class:`SliceScores`
-LAYERS = {"head": "model.head.2", "block13": "model.frozen_blocks.13", "block10": "model.frozen_blocks.10"}
+LAYERS = {"head": "model.head.2", "block13": "model.frozen_blocks.13", "block10": "model.frozen_blocks.10",
+          "block7": "model.frozen_blocks.7"}
+SMOOTHGRAD_SAMPLES = 8
+GRADIENT_BLUR = 1 / 56  # Gaussian sigma of the gradient maps, as a share of the input side (4 px at 224)
 DEFAULT_LAYER = "head"
 TTA_SHIFT_PX = 8  # segmenter test-time augmentation: shifts of this many model-frame pixels (down, right)
 
@@ -129,6 +137,19 @@ def model_frame_maps(model: SliceClassifier, x: torch.Tensor, method: str = "gra
                 occluded = torch.as_tensor(occ_map)[0, output_index].reshape(size, size)
                 maps.append((scores[i] - occluded).numpy())  # how much the logit falls when that part is gone
         return _normalise(np.stack(maps)), scores.numpy()
+    if method in ("vanillagrad", "smoothgrad"):
+        from monai.visualize import SmoothGrad, VanillaGrad
+
+        explainer = (VanillaGrad(wrapped) if method == "vanillagrad" else
+                     SmoothGrad(wrapped, stdev_spread=0.1, n_samples=SMOOTHGRAD_SAMPLES, verbose=False))
+        sigma = max(1.0, GRADIENT_BLUR * x.shape[-1])
+        maps = []
+        torch.manual_seed(0)  # SmoothGrad's noise: the same map for the same slice
+        with torch.enable_grad():
+            for i in range(len(x)):
+                grad = explainer(x[i:i + 1].clone(), index=output_index)[0].abs().amax(dim=0).numpy()
+                maps.append(cv2.GaussianBlur(grad.astype(np.float32), (0, 0), sigma))
+        return _normalise(np.stack(maps)), scores.numpy()
     if layer not in LAYERS:
         raise ModelError(f"unknown Grad-CAM layer {layer!r} (choose from {', '.join(LAYERS)})")
     from monai.visualize import GradCAM, GradCAMpp
@@ -185,7 +206,8 @@ def explain_slices(predictor, prepared, method: str = "gradcam", output: str = "
     :class:`~strokescan.inference.predictor.PreparedScan` of ``predictor``), on the scan's own pixel grid.
 
     ``slices``: indices to explain (default all). ``method``: "gradcam" (default, < 1 s per slice on 2 cores),
-    "gradcampp" or "occlusion" (about 170 forward passes per slice, tens of times slower)."""
+    "gradcampp", "vanillagrad", "smoothgrad" (8 backward passes) or "occlusion" (about 170 forward passes per
+    slice, tens of times slower). ``layer``: Grad-CAM's feature map (a key of :data:`LAYERS`)."""
     indices = list(range(len(prepared.for_classifier))) if slices is None else [int(i) for i in slices]
     if not indices:
         return []
@@ -193,7 +215,7 @@ def explain_slices(predictor, prepared, method: str = "gradcam", output: str = "
     x = torch.from_numpy(np.stack([prepared.for_classifier[i].channels for i in indices]))
     frame, scores = model_frame_maps(predictor.model, x, method, k, layer, batch_size=predictor.batch_size)
     return _to_heatmaps(frame, scores, prepared, indices, method, output,
-                        None if method == "occlusion" else layer, prepared.for_classifier)
+                        layer if method in ("gradcam", "gradcampp") else None, prepared.for_classifier)
 
 
 def _shift(a: np.ndarray, dr: int, dc: int, fill: float = 0.0) -> np.ndarray:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from strokescan.app.web.db import Study, StudyStatus, utcnow
@@ -75,6 +76,19 @@ class JobWorker(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until no study is queued or running (True), or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.sessions() as session:
+                pending = session.scalar(select(func.count()).select_from(Study).where(
+                    Study.status.in_([StudyStatus.QUEUED, StudyStatus.RUNNING])))
+            if not pending:
+                return True
+            self.idle.clear()
+            self.idle.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+        return False
 
     def run(self) -> None:
         while not self._stop_event.is_set():

@@ -94,9 +94,8 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     def _headers(response):
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
-        if request.path.startswith(("/api/", "/studies/")):
-            response.headers.setdefault("Cache-Control", "private, no-store" if "slices" not in request.path
-                                        else "private, max-age=3600")
+        if request.path.startswith(("/api/", "/studies/")) and not response.cache_control.private:
+            response.headers["Cache-Control"] = "private, no-store"
         return response
 
     @app.errorhandler(CSRFError)
@@ -106,7 +105,8 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     @app.errorhandler(413)
     def _too_large(_error):
         message = f"the upload is over the {settings.limits.max_total_bytes >> 20} MiB limit"
-        return (jsonify(error=message), 413) if request.path.startswith("/api/") else views.error_page(413, message)
+        wants_json = request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+        return (jsonify(error=message), 413) if wants_json else views.error_page(413, message)
 
     @app.context_processor
     def _version() -> dict:

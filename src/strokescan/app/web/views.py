@@ -97,7 +97,10 @@ def _cached_png(study_id: int, *parts: str) -> Response:
     path = folder.joinpath(*parts)
     if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
         abort(404)
-    return send_file(path, mimetype="image/png", max_age=3600)
+    response = send_file(path, mimetype="image/png", max_age=3600)
+    response.cache_control.public = False
+    response.cache_control.private = True  # a patient's images: never in a shared cache
+    return response
 
 
 @bp.get("/studies/<int:study_id>/slices/<window>/<int:index>.png")

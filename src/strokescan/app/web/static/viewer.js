@@ -10,8 +10,9 @@
     const start = statusLine && statusLine.querySelector("strong").textContent;
     if (url && (start === "queued" || start === "running")) {
       setInterval(async () => {
-        const r = await fetch(url, { headers: { Accept: "application/json" } });
-        if (r.ok && (await r.json()).status !== start) location.reload();
+        const r = await fetch(url, { headers: { Accept: "application/json" }, redirect: "manual" });
+        const json = r.ok && (r.headers.get("Content-Type") || "").includes("json");
+        if (!json || (await r.json()).status !== start) location.reload();  // changed, or logged out
       }, 1500);
     }
     return;
@@ -39,7 +40,7 @@
   }
   viewer.addEventListener("wheel", (e) => { e.preventDefault(); show(index + (e.deltaY > 0 ? 1 : -1)); }, { passive: false });
   document.addEventListener("keydown", (e) => {
-    if (e.target.closest("textarea, input[type=text]")) return;
+    if (e.target.closest("textarea, select, input:not([type=checkbox])")) return;  // the control's own keys
     const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1, PageDown: 5, PageUp: -5 }[e.key];
     if (step) { e.preventDefault(); show(index + step); }
     if (e.key === "Home") show(0);
