@@ -71,20 +71,15 @@ def serving(app, threads: int = 8):
 
 
 def untrained_classifier(folder: Path, size: int = 96) -> Path:
-    """An untrained classifier saved the real way (same as ``tests/conftest.py``'s helper): wiring runs only."""
+    """An untrained classifier saved the real way (``ClassifierPlan.for_wiring_checks``): wiring runs only."""
     import torch
 
-    from strokescan.core.labels import DETECTION_OUTPUTS
-    from strokescan.models.classifier import OPERATING_POINTS, ClassifierPlan, SliceClassifier, save_classifier
+    from strokescan.models.classifier import ClassifierPlan, SliceClassifier, save_classifier
     from strokescan.preprocessing.pipeline import SlicePlan
 
     torch.manual_seed(0)
-    plan = ClassifierPlan(
-        slice_plan=SlicePlan(size=size, correct_rotation=False),
-        calibration={name: {"method": "platt", "a": 1.0, "b": 0.0} for name in DETECTION_OUTPUTS},
-        operating_points={p: {"slice_threshold": 0.5, "scan_threshold": 0.5, "rule": "test"} for p in OPERATING_POINTS},
-    )
-    save_classifier(SliceClassifier(pretrained=False), plan, folder)
+    save_classifier(SliceClassifier(pretrained=False),
+                    ClassifierPlan.for_wiring_checks(SlicePlan(size=size, correct_rotation=False)), folder)
     return folder
 
 

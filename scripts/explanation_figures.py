@@ -139,7 +139,8 @@ def fold_models(fold: int, work: Path, retrain: bool = False, shuffled: bool = T
 # ----------------------------------------------------------------------------------------------------------
 # Reference lesions of held-out slices
 
-CANDIDATES = (("gradcam", "head"), ("gradcam", "block13"), ("gradcam", "block10"), ("gradcampp", "head"))
+CANDIDATES = (("gradcam", "head"), ("gradcam", "block13"), ("gradcam", "block10"), ("gradcam", "block7"),
+              ("gradcampp", "head"), ("vanillagrad", None), ("smoothgrad", None))
 BASELINES = ("brain_mask", "blood_channel", "blood_channel_smoothed")
 
 
@@ -233,10 +234,17 @@ def explain_case(predictor, case: Case, method: str, layer: str | None):
 
 
 def score_case(case: Case, hm, prefix: str) -> dict:
-    from strokescan.evaluation.explanations import dilate, localisation
+    """Pointing hit and energy share of one map; whether its peak lies in the brain (dilated 5 px); the hit of
+    the map restricted to that brain (a display variant, not the model's own map); phe-sich: the hit against the
+    derived clot."""
+    from strokescan.evaluation.explanations import dilate, localisation, pointing_hit
+    from strokescan.inference.explanations import map_peak
 
     out = {f"{prefix}_{k}": v for k, v in localisation(hm.heat, hm.peak, case.lesion, region=case.region).items()}
     out[f"{prefix}_peak"] = list(hm.peak) if hm.peak is not None else None
+    brain = dilate(case.brain)
+    out[f"{prefix}_peak_in_brain"] = float(hm.peak is not None and brain[hm.peak])
+    out[f"{prefix}_inbrain_hit"] = pointing_hit(map_peak(hm.heat * brain), case.lesion, region=case.region)
     if case.clot is not None and case.clot.any():
         out[f"{prefix}_clot_hit"] = localisation(hm.heat, hm.peak, case.clot, region=dilate(case.clot))["hit"]
     return out
@@ -343,7 +351,7 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
                             "n_val_slices": {s: int(n) for s, n in val["source"].value_counts().items()},
                             "candidates": choice, "chosen": primary, "seconds": round(time.time() - t0, 1)}
     log.info("selection: %s", summary["selection"])
-    p_method, p_layer = primary.split("@")
+    p_method, p_layer = {cname(m, layer): (m, layer) for m, layer in CANDIDATES}[primary]
 
     # 2. the held-out test folds: candidates, baselines, the label-shuffled model, the detector's probability
     t0 = time.time()
@@ -385,10 +393,13 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
     def block(frame: pd.DataFrame) -> dict:
         names = [cname(m, layer) for m, layer in CANDIDATES] + list(BASELINES)
         cols = [f"{n}_{q}" for n in names for q in ("hit", "energy")]
+        cols += [f"{cname(m, layer)}_{q}" for m, layer in CANDIDATES for q in ("inbrain_hit", "peak_in_brain")]
         out = {"n_slices": len(frame), "n_patients": int(frame["patient"].nunique()),
                "metrics": ev.mean_with_ci(frame, cols)}
         out["primary_minus_baseline_hit"] = {b: ev.paired_difference(frame, f"{primary}_hit", f"{b}_hit")
                                              for b in BASELINES}
+        out["primary_within_brain_minus_baseline_hit"] = {
+            b: ev.paired_difference(frame, f"{primary}_inbrain_hit", f"{b}_hit") for b in BASELINES}
         out["primary_minus_baseline_energy"] = {b: ev.paired_difference(frame, f"{primary}_energy", f"{b}_energy")
                                                 for b in BASELINES}
         if "shuffled_hit" in frame and frame["shuffled_hit"].notna().any():
@@ -660,14 +671,22 @@ def report_markdown(s: dict) -> str:
              f"Method chosen on the validation fold(s) {sorted(set(s['val_folds'].values()))}: **{primary}** "
              f"({s['selection']['rule']}). Pointing game: the map's maximum inside the lesion dilated by "
              f"{s['tolerance_px']} px. 95 % intervals: patient bootstrap (1000 resamples).", "",
-             "## Held-out localisation (all methods; pointing game / energy share)", "",
-             "| method | ctich-masks hit | ctich energy | phe-sich (box) hit | phe-sich energy |", "|---|---|---|---|---|"]
+             "## Held-out localisation (pointing game, energy share, where the peak lies)", "",
+             "Hit: the map's own maximum. In brain: share of maxima inside the brain mask (dilated 5 px). "
+             "Hit within brain: the maximum of the map multiplied by that mask (a display variant, not the "
+             "model's own map).", "",
+             "| method | ctich hit | ctich energy | ctich peak in brain | ctich hit within brain | phe-sich (box) hit "
+             "| phe-sich energy | phe-sich peak in brain | phe-sich hit within brain |",
+             "|---|---|---|---|---|---|---|---|---|"]
     ct, ph = s["test"].get("ctich-masks", {}), s["test"].get("phe-sich", {})
     for n in names:
         def g(block, q):
             return _ci(block.get("metrics", {}).get(f"{n}_{q}"))
+        extra = n not in BASELINES
         lines.append(f"| {n}{' (primary)' if n == primary else ''} | {g(ct, 'hit')} | {g(ct, 'energy')} | "
-                     f"{g(ph, 'hit')} | {g(ph, 'energy')} |")
+                     f"{g(ct, 'peak_in_brain') if extra else ''} | {g(ct, 'inbrain_hit') if extra else ''} | "
+                     f"{g(ph, 'hit')} | {g(ph, 'energy')} | {g(ph, 'peak_in_brain') if extra else ''} | "
+                     f"{g(ph, 'inbrain_hit') if extra else ''} |")
     lines += ["", f"n: ctich-masks {ct.get('n_slices')} slices / {ct.get('n_patients')} patients; phe-sich "
               f"{ph.get('n_slices')} slices / {ph.get('n_patients')} patients.", "",
               "## Primary method minus baseline (paired patient bootstrap)", "",
@@ -676,6 +695,10 @@ def report_markdown(s: dict) -> str:
         for b in BASELINES:
             lines.append(f"| {name} | {b} | {_ci(block.get('primary_minus_baseline_hit', {}).get(b, {}).get('difference'))}"
                          f" | {_ci(block.get('primary_minus_baseline_energy', {}).get(b, {}).get('difference'))} |")
+    for name, block in (("ctich-masks", ct), ("phe-sich", ph)):
+        for b in BASELINES:
+            d = block.get("primary_within_brain_minus_baseline_hit", {}).get(b, {}).get("difference")
+            lines.append(f"| {name} | {b} (primary within brain) | {_ci(d)} | |")
     lines += ["", "## Validation-fold selection", "", "| candidate | ctich val hit | phe-sich val hit |", "|---|---|---|"]
     for c, v in s["selection"]["candidates"].items():
         lines.append(f"| {c} | {v['ctich_val_hit']:.2f} | {v['phe_val_hit']:.2f} |")

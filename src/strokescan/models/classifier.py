@@ -133,6 +133,16 @@ class ClassifierPlan:
     metrics: dict = field(default_factory=dict)  # cross-validated and external figures
     weights_sha256: str = ""
 
+    @classmethod
+    def for_wiring_checks(cls, slice_plan: SlicePlan) -> ClassifierPlan:
+        """Identity calibration and 0.5 thresholds at both operating points: for an untrained network in tests
+        and load benchmarks, where the plumbing matters and the findings mean nothing."""
+        return cls(slice_plan=slice_plan,
+                   calibration={name: {"method": "platt", "a": 1.0, "b": 0.0} for name in DETECTION_OUTPUTS},
+                   operating_points={p: {"slice_threshold": 0.5, "scan_threshold": 0.5, "rule": "wiring check"}
+                                     for p in OPERATING_POINTS},
+                   training={"data": "none: untrained, for wiring checks"})
+
     def threshold(self, level: str, point: str | None = None) -> float:
         """The ``level`` ("slice" or "scan") threshold of operating point ``point`` (default: the plan's)."""
         return float(self.operating_points[point or self.default_operating_point][f"{level}_threshold"])

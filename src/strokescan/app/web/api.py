@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from functools import wraps
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
@@ -121,15 +122,23 @@ def result(study_id: int):
     return problem or jsonify(study.result)
 
 
+def _masks_folder(study_id: int) -> tuple[Study | None, Path | None, tuple | None]:
+    """The done study and its view folder holding masks, or the API's error answer."""
+    study, problem = _done_study(study_id)
+    if problem:
+        return None, None, problem
+    folder = study_folder(_ctx()["settings"].instance_dir, study)
+    if not (folder / "masks.npz").exists():
+        return None, None, _error(404, "this study has no masks")
+    return study, folder, None
+
+
 @bp.get("/studies/<int:study_id>/masks/<int:index>.png")
 @token_required
 def mask(study_id: int, index: int):
-    study, problem = _done_study(study_id)
+    study, folder, problem = _masks_folder(study_id)
     if problem:
         return problem
-    folder = study_folder(_ctx()["settings"].instance_dir, study)
-    if not (folder / "masks.npz").exists():
-        return _error(404, "this study has no masks")
     try:
         return Response(mask_png(folder, index), mimetype="image/png")
     except IndexError:
@@ -139,12 +148,9 @@ def mask(study_id: int, index: int):
 @bp.get("/studies/<int:study_id>/masks.nii.gz")
 @token_required
 def mask_volume(study_id: int):
-    study, problem = _done_study(study_id)
+    _study, folder, problem = _masks_folder(study_id)
     if problem:
         return problem
-    folder = study_folder(_ctx()["settings"].instance_dir, study)
-    if not (folder / "masks.npz").exists():
-        return _error(404, "this study has no masks")
     geometry = json.loads((folder / "geometry.json").read_text())
     spacing = geometry["pixel_spacing_mm"]
     data = masks_nifti(folder, tuple(spacing) if spacing else None, geometry["slice_mm"])
