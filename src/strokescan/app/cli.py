@@ -101,6 +101,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return rc
 
 
+def _cmd_listen(args: argparse.Namespace) -> int:
+    """``strokescan listen``: the DICOM stack is imported only here (it adds about 1 s to every start)."""
+    from strokescan.app.integration.listener import add_listen_arguments, run_listen
+
+    parser = argparse.ArgumentParser(
+        prog="strokescan listen",
+        description="A DICOM Storage SCP (C-ECHO, C-STORE) on this machine (127.0.0.1) unless --host says otherwise: "
+        "each series it receives is analysed through the web app's job queue and the results go back as DICOM "
+        "SEG, TID 1500 SR and a key image by C-STORE to --dest (and FHIR, if configured). Research software, "
+        "not a diagnosis.")
+    add_listen_arguments(parser)
+    return run_listen(parser.parse_args(args.listen_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strokescan",
@@ -165,13 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_web_commands(sub)
+    p = sub.add_parser("listen", add_help=False, help="receive head CT by DICOM, analyse it, send DICOM SEG/SR "
+                       "and a key image back (docs/integration.md; 'strokescan listen --help' for its options)")
+    p.add_argument("listen_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_listen)
     add_training_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "listen":  # its options are parsed by _cmd_listen
+        args.listen_args = [*extra, *args.listen_args]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -17,8 +17,10 @@ same study); nothing here logs them.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -33,8 +35,12 @@ from strokescan import __version__
 from strokescan.core.labels import HEMORRHAGE, LESION_CLASSES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE, Code, LesionClass
 from strokescan.errors import StrokescanError
 from strokescan.inference import ScanResult
+from strokescan.inference.results import volumes_json
 from strokescan.io.scan import Scan
 from strokescan.io.writers import overlay_image
+
+# highdicom logs the UIDs of the instances it copies from at INFO: UIDs identify a study, hence a patient
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 NOTICE = "strokescan: research software, not a diagnosis"
 MANUFACTURER = "strokescan"
@@ -125,7 +131,8 @@ def _masks(scan: Scan, result: ScanResult) -> np.ndarray:
     return masks
 
 
-def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult) -> Dataset:
+def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult,
+                       uids: Callable[[], str] = generate_uid) -> Dataset:
     """The binary DICOM SEG of ``result.masks`` on the source slices (``sources`` in slice order)."""
     masks = _masks(scan, result)
     present = [c for c in LESION_CLASSES if (masks == c).any()]
@@ -136,7 +143,7 @@ def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult) -
             segment_number=k, segment_label=c.label,
             segmented_property_category=_coded(MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
             segmented_property_type=_coded(c.snomed), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm, tracking_uid=generate_uid(), tracking_id=f"strokescan {c.label}",
+            algorithm_identification=algorithm, tracking_uid=uids(), tracking_id=f"strokescan {c.label}",
             display_color=hd.color.CIELabColor.from_rgb(*c.colour) if hasattr(hd.color.CIELabColor, "from_rgb")
             else None,
         )
@@ -145,8 +152,8 @@ def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult) -
     pixel_array = np.stack([masks == c for c in classes], axis=-1)  # (slices, rows, cols, segments)
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        segment_descriptions=descriptions, series_instance_uid=uids(), series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=uids(), instance_number=1, manufacturer=MANUFACTURER,
         manufacturer_model_name="strokescan", software_versions=str(__version__), device_serial_number="0",
         series_description="strokescan lesions (research)", content_label="STROKESCAN",
         content_description="strokescan lesions: research, not a diagnosis",
@@ -158,10 +165,26 @@ def _segment_numbers(seg: Dataset) -> dict[str, int]:
     return {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
 
 
-def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanResult) -> Dataset:
+def _referenced_segment(seg: Dataset, number: int, sources: list[Dataset]) -> hd.sr.ReferencedSegment:
+    """The SR's reference to one segment of ``seg``. highdicom's ``from_segmentation`` expects the segment
+    number in each frame's functional groups; a SEG of one segment has it in the shared ones instead."""
+    shared = seg.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
+    if not shared:
+        return hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=number)
+    derived = {str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+               for item in seg.PerFrameFunctionalGroupsSequence}
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+        frame_numbers=list(range(1, int(seg.NumberOfFrames) + 1)),
+        source_images=[hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID) for ds in sources
+                       if str(ds.SOPInstanceUID) in derived])
+
+
+def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanResult,
+                             uids: Callable[[], str] = generate_uid) -> Dataset:
     """The TID 1500 measurement report, in the source study."""
     _, algorithm = _algorithm(result)
-    volumes = (result.to_dict().get("volumes") or {}) if result.quantification is not None else {}
+    volumes = volumes_json(result.quantification) if result.quantification is not None else {}
     segments = _segment_numbers(seg)
     groups: list = []
     for c in LESION_CLASSES:
@@ -171,16 +194,16 @@ def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanR
         unit = ML if entry["unit"] == "mL" else VOXELS
         measurement = hd.sr.Measurement(name=codes.SCT.Volume, value=float(entry["volume"]), unit=unit,
                                         algorithm_id=algorithm)
-        tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"strokescan {c.label}")
+        tracking = hd.sr.TrackingIdentifier(uid=uids(), identifier=f"strokescan {c.label}")
         common = dict(tracking_identifier=tracking, finding_type=_coded(c.snomed), measurements=[measurement],
                       finding_category=_coded(MORPHOLOGICALLY_ABNORMAL_STRUCTURE), algorithm_id=algorithm)
         if c.label in segments and float(entry["volume"]) > 0:
-            ref = hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=segments[c.label])
+            ref = _referenced_segment(seg, segments[c.label], sources)
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=ref, **common))
         else:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
     scan_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="strokescan scan"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids(), identifier="strokescan scan"),
         finding_type=_coded(HEMORRHAGE.snomed), algorithm_id=algorithm,
         measurements=[hd.sr.Measurement(name=PROBABILITY, value=round(float(result.probability), 4), unit=NO_UNITS,
                                         algorithm_id=algorithm)],
@@ -194,7 +217,7 @@ def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanR
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="strokescan", manufacturer_name=MANUFACTURER,
+            uid=uids(), name="strokescan", manufacturer_name=MANUFACTURER,
             model_name=f"strokescan {result.model.get('strokescan') or __version__}"),
     )
     report = hd.sr.MeasurementReport(
@@ -202,8 +225,8 @@ def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanR
         procedure_reported=CT_HEAD, imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, seg], content=report[0], series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        evidence=[*sources, seg], content=report[0], series_instance_uid=uids(),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=uids(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, series_description="strokescan report (research)",
     )
 
@@ -241,7 +264,8 @@ def key_image_pixels(scan: Scan, result: ScanResult, index: int) -> np.ndarray:
     return rgb
 
 
-def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, index: int | None = None) -> Dataset:
+def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, index: int | None = None,
+                    uids: Callable[[], str] = generate_uid) -> Dataset:
     """The secondary-capture key image of the most suspicious slice (or ``index``)."""
     if index is None:
         index = result.most_suspicious_slice or 0
@@ -249,8 +273,8 @@ def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, inde
     iop = scan.references[index].image_orientation_patient if scan.references else None
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref, pixel_array=key_image_pixels(scan, result, index), photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=generate_uid(),
-        series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=uids(),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=uids(), instance_number=1,
         manufacturer=MANUFACTURER, pixel_spacing=tuple(float(v) for v in scan.pixel_spacing_mm)
         if scan.pixel_spacing_mm else None,
         patient_orientation=_patient_orientation(iop), transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -262,12 +286,25 @@ def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, inde
     return image
 
 
-def build_result_objects(scan: Scan, datasets: Sequence[Dataset], result: ScanResult) -> ResultObjects:
-    """SEG, SR and key image for ``result`` of ``scan`` read from ``datasets`` (the source instances)."""
+def uid_maker(seed: str | None) -> Callable[[], str]:
+    """Fresh UIDs, or with a ``seed`` the same sequence of UIDs every time: a result built again for the same
+    seed (a retry after a crash) then has the same SOP Instance UIDs, so a PACS stores it once."""
+    if seed is None:
+        return generate_uid
+    counter = itertools.count()
+    return lambda: generate_uid(entropy_srcs=[seed, str(next(counter))])
+
+
+def build_result_objects(scan: Scan, datasets: Sequence[Dataset], result: ScanResult,
+                         uid_seed: str | None = None) -> ResultObjects:
+    """SEG, SR and key image for ``result`` of ``scan`` read from ``datasets`` (the source instances).
+
+    ``uid_seed`` makes the objects' UIDs deterministic (see :func:`uid_maker`)."""
+    uids = uid_maker(uid_seed)
     # highdicom warns with header values (a patient name it finds odd): never let them reach a log
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sources = ordered_sources(scan, datasets)
-        seg = build_segmentation(scan, sources, result)
-        sr = build_measurement_report(sources, seg, result)
-        return ResultObjects(seg=seg, sr=sr, key_image=build_key_image(scan, sources, result))
+        seg = build_segmentation(scan, sources, result, uids)
+        sr = build_measurement_report(sources, seg, result, uids)
+        return ResultObjects(seg=seg, sr=sr, key_image=build_key_image(scan, sources, result, uids=uids))

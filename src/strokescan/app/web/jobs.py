@@ -67,8 +67,10 @@ class JobWorker(threading.Thread):
     """Runs queued analyses one at a time until :meth:`stop`; the Predictor is built on first use."""
 
     def __init__(self, sessions: sessionmaker, instance_dir: Path, predictor_factory: Callable[[], Predictor],
-                 show_identifiers: bool = False, poll_seconds: float = 0.5) -> None:
+                 show_identifiers: bool = False, poll_seconds: float = 0.5,
+                 on_done: Callable[[int, object, ScanResult], None] | None = None) -> None:
         super().__init__(name="strokescan-jobs", daemon=True)
+        self.on_done = on_done  # called (study id, Scan, ScanResult) after a study is stored done; never fails it
         self.sessions, self.instance_dir = sessions, instance_dir
         self._factory, self._predictor = predictor_factory, None
         self.show_identifiers, self.poll_seconds = show_identifiers, poll_seconds
@@ -108,6 +110,7 @@ class JobWorker(threading.Thread):
             folder = self.instance_dir / study.upload_dir
         log.info("study %d: analysis started", study_id)
         values: dict = {"finished_at": utcnow()}
+        done = None
         try:
             if self._predictor is None:
                 self._predictor = self._factory()
@@ -127,6 +130,7 @@ class JobWorker(threading.Thread):
                 clot_ml=clot["volume"] if clot and clot["unit"] == "mL" else None,
             )
             log.info("study %d: done (%d slices)", study_id, result.n_slices)
+            done = (scan, result)
         except StrokescanError as error:
             values.update(status=StudyStatus.FAILED, error=one_line(error, self.instance_dir))
             log.info("study %d: failed: %s", study_id, values["error"])
@@ -135,3 +139,8 @@ class JobWorker(threading.Thread):
             values.update(status=StudyStatus.FAILED, error=f"internal error ({type(error).__name__}); the upload is kept")
         with self.sessions.begin() as session:
             session.execute(update(Study).where(Study.id == study_id).values(**values))
+        if done is not None and self.on_done is not None:
+            try:
+                self.on_done(study_id, *done)
+            except Exception:  # noqa: BLE001 - a hook must never fail the job or stop the worker
+                log.exception("study %d: post-analysis hook failed", study_id)

@@ -1,0 +1,523 @@
+"""``strokescan listen``: a DICOM Storage SCP that analyses the head CT series a scanner or PACS pushes and
+sends the results back (DICOM SEG, TID 1500 SR, key image; FHIR optionally).
+
+Design (docs/integration.md):
+
+* **The inbox on disk is the truth.** Every instance is written to ``<instance>/dicom-inbox/<series>/instances/
+  <sop>.dcm`` (names are hashes of the UIDs, never patient data): a temporary file, ``fsync``, rename, ``fsync``
+  of the folder, all BEFORE the C-STORE success status goes back. A SIGKILL loses nothing that was acknowledged.
+* **Completion.** A series is complete when no instance has arrived for ``quiet_seconds`` (or, when the header
+  says how many images the acquisition has, when that many are in). It then becomes a ``Study`` row of the web
+  app's database (kind ``dicom``, label ``DICOM from <calling AE> <id>``), so the web app's
+  :class:`~strokescan.app.web.jobs.JobWorker` analyses it exactly like an upload and its worklist lists it.
+  Whether a series is queued is looked up in that table (by its folder), so a restart never queues it twice.
+* **Results.** The worker's ``on_done`` hook builds SEG/SR/key image (deterministic UIDs per series), keeps them
+  in ``<series>/results/`` and C-STOREs them to the destination; ``<series>/sent.json`` then records the
+  delivery, and a series with that file is never sent again. A periodic sweep sends what a crash or an
+  unreachable destination left unsent (studies analysed by another worker, e.g. the web app's, included).
+  A series the models were not made for (not CT, not head...) fails its job with the reason; the sweep
+  records that in ``<series>/skipped.json`` and sends nothing.
+* **Log lines** name a series by its hash and the calling AE title, never a patient identifier or a UID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from strokescan.app.integration.dicom_results import build_result_objects
+from strokescan.app.integration.fhir import FhirSettings, deliver
+from strokescan.app.web.db import Study, StudyStatus, make_engine, session_factory, upgrade_database
+from strokescan.app.web.jobs import JobWorker, requeue_interrupted
+from strokescan.inference import Predictor, ScanResult
+
+log = logging.getLogger(__name__)
+
+INBOX = "dicom-inbox"
+SUCCESS = 0x0000
+CANNOT_UNDERSTAND = 0xC210  # the dataset cannot be decoded (pynetdicom's own code in the 0xCxxx "cannot understand")
+MISSING_ATTRIBUTES = 0xA900  # "dataset does not match SOP class": a required UID is missing or disagrees
+OUT_OF_RESOURCES = 0xA700  # the instance could not be written to disk
+#: C-STORE statuses of the destination that mean "stored" (success and the warnings)
+STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+_UID = re.compile(r"(?=.{1,64}$)[0-9]+(\.[0-9]+)*")
+
+
+def hashed(*uids: str) -> str:
+    """A neutral name for a UID (or a tuple of them): 24 hex digits of their sha256."""
+    return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:24]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that it survives a crash: temporary file, fsync, rename, fsync the folder.
+
+    ``tmp_dir`` (same file system) keeps the temporary file out of ``path``'s folder: a crash then leaves
+    no stray file among the instances a reader would take for a slice."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{threading.get_ident()}.part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go by C-STORE."""
+
+    host: str
+    port: int
+    ae_title: str = "PACS"
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``AET@host:port``."""
+        aet, _, address = text.rpartition("@")
+        host, _, port = address.rpartition(":")
+        if not (aet and host and port.isdigit()):
+            raise ValueError(f"destination {text!r}: expected AET@host:port")
+        return cls(host, int(port), aet)
+
+
+@dataclass
+class ListenerSettings:
+    instance_dir: Path  # the web app's instance folder: the inbox lives in it, study paths are relative to it
+    database_url: str
+    ae_title: str = "STROKESCAN"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
+    quiet_seconds: float = 5.0
+    destination: Destination | None = None
+    fhir: FhirSettings | None = None
+    poll_seconds: float = 0.25
+    run_worker: bool = True  # run a JobWorker here (with the result hook); else another process analyses
+    predictor_factory: Callable[[], Predictor] = field(default=lambda: Predictor(segment=True))
+
+
+class Inbox:
+    """The received instances, one folder per series, named by hashes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        return self.root / hashed(study_uid, series_uid)
+
+    def store(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str, calling_ae: str) -> Path:
+        folder = self.series_dir(study_uid, series_uid)
+        instances = folder / "instances"
+        if not instances.is_dir():
+            instances.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(folder)
+            _fsync_dir(self.root)
+        meta = folder / "series.json"
+        if not meta.exists():
+            write_durably(meta, json.dumps({"calling_ae": calling_ae, "first_received": _now()}).encode())
+        path = instances / f"{hashed(sop_uid)}.dcm"
+        incoming = folder / "incoming"
+        incoming.mkdir(exist_ok=True)
+        write_durably(path, data, tmp_dir=incoming)
+        return path
+
+    def series(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if (p / "instances").is_dir())
+
+    @staticmethod
+    def instances(folder: Path) -> list[Path]:
+        return sorted((folder / "instances").glob("*.dcm"))
+
+    @staticmethod
+    def last_arrival(folder: Path) -> float:
+        """When the newest instance arrived (the folder's mtime changes with every file renamed into it)."""
+        return (folder / "instances").stat().st_mtime
+
+    @staticmethod
+    def calling_ae(folder: Path) -> str:
+        try:
+            return str(json.loads((folder / "series.json").read_text())["calling_ae"])
+        except (OSError, ValueError, KeyError):
+            return "unknown"
+
+
+class Listener:
+    """The Storage SCP, the completion monitor, the job worker and the result sender of one inbox."""
+
+    def __init__(self, settings: ListenerSettings) -> None:
+        self.settings = settings
+        self.instance_dir = settings.instance_dir.resolve()
+        self.inbox = Inbox(self.instance_dir / INBOX)
+        upgrade_database(settings.database_url)
+        self.sessions = session_factory(make_engine(settings.database_url))
+        self._queued: set[str] = set()  # series folders (relative) known to have a Study row
+        self._expected: dict[Path, int] = {}  # series folder -> images in the acquisition, when the header says
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = None
+        self._monitor: threading.Thread | None = None
+        self.worker: JobWorker | None = None
+        self._lock_file = None
+        self._sweep_predictor: Predictor | None = None
+        self._started = time.time()
+
+    # ---- life cycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        # pydicom warns and logs with the offending value (a name, a UID) when a header is malformed
+        warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+        warnings.filterwarnings("ignore", module=r"highdicom(\..*)?$")
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+        self._lock_file = open(self.inbox.root / ".listener.lock", "w")  # noqa: SIM115 - held while running
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeError("another listener is using this inbox") from None
+        requeue_interrupted(self.sessions)
+        self._started = time.time()
+        if self.settings.run_worker:
+            self.worker = JobWorker(self.sessions, self.instance_dir, self.settings.predictor_factory,
+                                    poll_seconds=0.2, on_done=self._on_done)
+            self.worker.start()
+        self.sweep()  # series complete on disk but not queued (a crash), results not sent
+        self._monitor = threading.Thread(target=self._watch, name="strokescan-inbox", daemon=True)
+        self._monitor.start()
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = 0
+        ae.add_supported_context(Verification)
+        for context in StoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if self.settings.allowed_calling_aets:
+            ae.require_calling_aet = list(self.settings.allowed_calling_aets)
+        handlers = [(evt.EVT_C_ECHO, lambda _event: SUCCESS), (evt.EVT_C_STORE, self._handle_store)]
+        self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        log.info("listening as %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+
+    def stop(self) -> None:
+        """Stop receiving, then the monitor and the worker (idempotent)."""
+        self._stop.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.join(10)
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop()
+            worker.join(60)
+        lock, self._lock_file = self._lock_file, None
+        if lock is not None:
+            lock.close()
+
+    # ---- receiving --------------------------------------------------------------------------------------------
+    def _handle_store(self, event) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            ds = event.dataset
+            uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+            expected = ds.get("ImagesInAcquisition")
+        except Exception as exc:  # noqa: BLE001 - a malformed dataset can make the decoder raise anything
+            log.warning("C-STORE from %s refused: the dataset cannot be decoded (%s)", calling, type(exc).__name__)
+            return CANNOT_UNDERSTAND
+        if not all(uids):
+            log.warning("C-STORE from %s refused: the dataset lacks a study, series or instance UID", calling)
+            return MISSING_ATTRIBUTES
+        if not all(_UID.fullmatch(u) for u in uids):
+            log.warning("C-STORE from %s refused: a study, series or instance UID is malformed", calling)
+            return MISSING_ATTRIBUTES
+        if uids[2] != str(event.request.AffectedSOPInstanceUID).strip():
+            log.warning("C-STORE from %s refused: the SOP Instance UID differs from the request's", calling)
+            return MISSING_ATTRIBUTES
+        try:
+            path = self.inbox.store(event.encoded_dataset(include_meta=True), *uids, calling_ae=calling)
+        except OSError as exc:
+            log.error("C-STORE from %s: cannot write the instance (%s)", calling, type(exc).__name__)
+            return OUT_OF_RESOURCES
+        folder = path.parent.parent
+        with contextlib.suppress(TypeError, ValueError):
+            if expected not in (None, "") and int(expected) > 1:
+                self._expected[folder] = int(expected)
+        if str(folder.relative_to(self.instance_dir)) in self._queued:
+            log.warning("series %s: an instance arrived after the series was queued; it is kept, not analysed",
+                        folder.name[:8])
+        return SUCCESS
+
+    # ---- completion and results ---------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.poll_seconds):
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - the monitor must keep running
+                log.exception("inbox sweep failed")
+
+    def _rel(self, folder: Path) -> str:
+        return str(folder.relative_to(self.instance_dir))
+
+    def _study_of(self, folder: Path) -> Study | None:
+        with self.sessions() as session:
+            return session.scalar(select(Study).where(Study.upload_dir == self._rel(folder)).order_by(Study.id))
+
+    def _complete(self, folder: Path) -> bool:
+        expected = self._expected.get(folder)
+        if expected and len(self.inbox.instances(folder)) >= expected:
+            return True
+        # after a (re)start, senders cut off by it get a full quiet time to send again
+        last = max(self.inbox.last_arrival(folder), self._started)
+        return time.time() - last >= self.settings.quiet_seconds
+
+    def queue(self, folder: Path) -> int:
+        """The series' Study row (created queued when there is none yet); returns its id."""
+        rel = self._rel(folder)
+        with self.sessions.begin() as session:
+            existing = session.scalar(select(Study.id).where(Study.upload_dir == rel))
+            if existing is not None:
+                self._queued.add(rel)
+                return existing
+            n_files = len(self.inbox.instances(folder))
+            study = Study(label="DICOM", kind="dicom", upload_dir=rel, analyse_path=f"{rel}/instances",
+                          n_files=n_files, status=StudyStatus.QUEUED)
+            session.add(study)
+            session.flush()
+            study.label = f"DICOM from {self.inbox.calling_ae(folder)} {study.id}"
+            study_id = study.id
+        self._queued.add(rel)
+        log.info("series %s: complete (%d instances), queued as study %d", folder.name[:8], n_files, study_id)
+        return study_id
+
+    def sweep(self) -> None:
+        """Queue the complete series not yet queued; send (or record as skipped) what finished unsent."""
+        for folder in self.inbox.series():
+            rel = self._rel(folder)
+            if (folder / "sent.json").exists() or (folder / "skipped.json").exists():
+                self._queued.add(rel)
+                continue
+            if rel not in self._queued:
+                if self._study_of(folder) is not None:
+                    self._queued.add(rel)
+                elif self._complete(folder):
+                    self.queue(folder)
+                continue
+            study = self._study_of(folder)
+            if study is None:
+                continue
+            if study.status == StudyStatus.FAILED:
+                write_durably(folder / "skipped.json", json.dumps(
+                    {"study_id": study.id, "reason": study.error, "at": _now()}).encode())
+                log.info("series %s: skipped: %s", folder.name[:8], study.error)
+            elif study.status == StudyStatus.DONE and self._may_recover(study):
+                self._send_unsent(folder, study.id)
+
+    def _may_recover(self, study: Study) -> bool:
+        """Whether a done-but-unsent study is left over (and not about to be sent by the worker's hook, which
+        runs just after the worker stores it done: our worker is then busy)."""
+        if self.worker is not None and self.worker.is_alive():
+            return self.worker.idle.is_set()
+        finished = study.finished_at
+        return finished is None or (datetime.now(UTC).replace(tzinfo=None) - finished).total_seconds() > 5
+
+    def _on_done(self, study_id: int, scan, result: ScanResult) -> None:
+        with self.sessions() as session:
+            study = session.get(Study, study_id)
+            folder = self.instance_dir / study.upload_dir
+        if folder.parent != self.inbox.root:
+            return  # a web upload, not a series from the listener
+        self.deliver(folder, study_id, scan, result)
+
+    def _send_unsent(self, folder: Path, study_id: int) -> None:
+        """Recovery: resend the kept objects, or (a crash before they were built) analyse again and send."""
+        results = folder / "results"
+        if (results / "complete").exists():
+            with self._send_lock:
+                if not (folder / "sent.json").exists():
+                    self._send_files(folder, study_id, sorted(results.glob("*.dcm")))
+            return
+        from strokescan.io import load_scan
+
+        if self._sweep_predictor is None:
+            self._sweep_predictor = self.settings.predictor_factory()
+        scan = load_scan(folder / "instances")
+        self.deliver(folder, study_id, scan, self._sweep_predictor.analyse(scan))
+
+    def deliver(self, folder: Path, study_id: int, scan, result: ScanResult) -> None:
+        """Build the result objects of one series, keep them, send them once."""
+        with self._send_lock:
+            if (folder / "sent.json").exists():
+                return
+            started = time.monotonic()
+            sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.inbox.instances(folder)]
+            objects = build_result_objects(scan, sources, result, uid_seed=f"strokescan:{folder.name}:{study_id}")
+            results = folder / "results"
+            results.mkdir(exist_ok=True)
+            paths = []
+            for name, ds in (("seg", objects.seg), ("sr", objects.sr), ("key-image", objects.key_image)):
+                path = results / f"{name}.dcm"
+                buffer = DicomBytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                write_durably(path, buffer.getvalue())
+                paths.append(path)
+            write_durably(results / "complete", b"")
+            log.info("series %s: result objects built in %.2f s", folder.name[:8], time.monotonic() - started)
+            if self.settings.fhir is not None:
+                try:
+                    deliver(result, self.settings.fhir, sources[0].get("StudyInstanceUID"))
+                except Exception as exc:  # noqa: BLE001 - FHIR is best effort; DICOM delivery goes on
+                    log.warning("series %s: FHIR delivery failed (%s)", folder.name[:8], exc)
+            self._send_files(folder, study_id, paths)
+
+    def _send_files(self, folder: Path, study_id: int, paths: list[Path]) -> None:
+        destination = self.settings.destination
+        if destination is None:
+            write_durably(folder / "sent.json", json.dumps(
+                {"study_id": study_id, "destination": None, "at": _now(), "files": [p.name for p in paths]}).encode())
+            return
+        datasets = [pydicom.dcmread(p) for p in paths]
+        statuses = send_datasets(datasets, destination, self.settings.ae_title)
+        if all(s in STORED for s in statuses):
+            write_durably(folder / "sent.json", json.dumps(
+                {"study_id": study_id, "destination": f"{destination.ae_title}@{destination.host}:{destination.port}",
+                 "at": _now(), "files": [p.name for p in paths]}).encode())
+            log.info("series %s: results sent to %s", folder.name[:8], destination.ae_title)
+        else:
+            log.warning("series %s: sending results to %s failed (statuses %s); retried later", folder.name[:8],
+                        destination.ae_title, ", ".join(f"0x{s:04X}" if s >= 0 else "none" for s in statuses))
+
+
+def send_datasets(datasets: Sequence[Dataset], destination: Destination, calling_ae: str = "STROKESCAN",
+                  timeout_s: float = 30.0) -> list[int]:
+    """C-STORE each dataset to ``destination`` on one association; returns the statuses (-1: no answer)."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [str(ds.file_meta.TransferSyntaxUID) for ds in datasets
+                                             if str(ds.SOPClassUID) == sop_class][:1] + ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        return [-1] * len(datasets)
+    statuses = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status and "Status" in status else -1)
+    finally:
+        assoc.release()
+    return statuses
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+def add_listen_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ae-title", default=os.environ.get("STROKESCAN_AE_TITLE", "STROKESCAN"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--allow", action="append", default=[], metavar="AET",
+                   help="accept only these calling AE titles (repeat; default: any)")
+    p.add_argument("--quiet-seconds", type=float, default=5.0,
+                   help="a series is complete when no instance arrived for this long (default 5)")
+    p.add_argument("--dest", type=Destination.parse, metavar="AET@HOST:PORT",
+                   help="send SEG, SR and key image here by C-STORE")
+    p.add_argument("--fhir-url", help="POST a FHIR R4 DiagnosticReport bundle to this base URL")
+    p.add_argument("--fhir-dir", type=Path, help="write the FHIR bundles to this folder")
+    p.add_argument("--instance-dir", type=Path, help="the web app's instance folder (default: its default)")
+    p.add_argument("--database-url", help="the web app's database (default: the one of the instance folder)")
+    p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
+    p.add_argument("--segmenter", type=Path, help="segmentation model folder (default: the bundled one)")
+    p.add_argument("--no-worker", action="store_true", help="only receive and queue; another process analyses "
+                   "(results are then sent by the sweep, after analysing again)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ListenerSettings:
+    from strokescan.config import database_url, web_root
+
+    instance_dir = (args.instance_dir or web_root()).resolve()
+    url = args.database_url or (database_url() if instance_dir == web_root().resolve()
+                                else f"sqlite:///{instance_dir / 'strokescan.db'}")
+    model, segmenter = args.model, args.segmenter
+    fhir = FhirSettings(folder=args.fhir_dir, url=args.fhir_url) if (args.fhir_dir or args.fhir_url) else None
+    return ListenerSettings(
+        instance_dir=instance_dir, database_url=url, ae_title=args.ae_title, host=args.host, port=args.port,
+        allowed_calling_aets=tuple(args.allow), quiet_seconds=args.quiet_seconds, destination=args.dest, fhir=fhir,
+        run_worker=not args.no_worker,
+        predictor_factory=lambda: Predictor(model, segmenter_dir=segmenter, segment=True),
+    )
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    """The ``strokescan listen`` command: run until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pynetdicom", "pydicom", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    listener = Listener(settings_from_args(args))
+    listener.start()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, not only this machine", file=sys.stderr)
+    print(f"strokescan listen: {listener.settings.ae_title} on {args.host}:{listener.port}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.stop()
+    return 0
+
+
+def add_listen_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``strokescan listen`` on the CLI's sub-parsers."""
+    p = sub.add_parser("listen", help="receive head CT by DICOM, analyse it, send SEG/SR/key image back",
+                       description="A DICOM Storage SCP (C-ECHO, C-STORE): each series it receives is analysed "
+                       "through the web app's job queue and the results go back as DICOM SEG, TID 1500 SR and a "
+                       "key image (and FHIR, if configured). Research software, not a diagnosis.")
+    add_listen_arguments(p)
+    p.set_defaults(func=run_listen)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="strokescan-listen")
+    add_listen_arguments(parser)
+    import signal
+
+    def _interrupt(*_args) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    return run_listen(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
