@@ -162,6 +162,7 @@ class Case:
     region: np.ndarray  # lesion dilated by TOLERANCE_PX
     clot: np.ndarray | None  # phe-sich: the derived clot (a second, tighter reference)
     brain: np.ndarray
+    head: np.ndarray  # the head mask (brain, skull, scalp)
     blood: np.ndarray  # the detector's blood channel mapped back
     subtypes: list[str]
     lesion_share: float  # lesion area / brain area
@@ -218,12 +219,13 @@ def build_case(row, angles: dict, plans: list) -> Case:
         lesion = boxes_mask(json.loads(row["boxes"]), shape)
         clot = decode_sample(row, shape=shape).target == LesionClass.HEMORRHAGE
         subtypes = ["intraparenchymal (phe-sich)"]
-    brain = head_masks(scan.pixels[0], scan.is_hu).brain
+    masks = head_masks(scan.pixels[0], scan.is_hu)
+    brain = masks.brain
     p = slices[0]
     blood = heat_to_input_grid(p.channels[2], p.box, p.rotation_deg, shape)
     return Case(source=row["source"], patient=row["patient"], fold=int(row["fold"]), image_path=row["image_path"],
                 slice_index=int(row["slice_index"]), prepared=prepared, lesion=lesion, region=dilate(lesion),
-                clot=clot, brain=brain, blood=blood, subtypes=subtypes,
+                clot=clot, brain=brain, head=masks.head, blood=blood, subtypes=subtypes,
                 lesion_share=float(lesion.sum() / max(1, brain.sum())))
 
 
@@ -244,6 +246,7 @@ def score_case(case: Case, hm, prefix: str) -> dict:
     out[f"{prefix}_peak"] = list(hm.peak) if hm.peak is not None else None
     brain = dilate(case.brain)
     out[f"{prefix}_peak_in_brain"] = float(hm.peak is not None and brain[hm.peak])
+    out[f"{prefix}_peak_outside_head"] = float(hm.peak is None or not dilate(case.head)[hm.peak])
     out[f"{prefix}_inbrain_hit"] = pointing_hit(map_peak(hm.heat * brain), case.lesion, region=case.region)
     if case.clot is not None and case.clot.any():
         out[f"{prefix}_clot_hit"] = localisation(hm.heat, hm.peak, case.clot, region=dilate(case.clot))["hit"]
@@ -307,6 +310,15 @@ def strip_png(maps: list[tuple[str, np.ndarray]], background: np.ndarray, path: 
 # The run
 
 
+def _progress(what: str, n: int, every: int = 25) -> None:
+    if n % every == 0:
+        import gc
+        import resource
+
+        gc.collect()
+        log.info("%s: %d slices (max RSS %.0f MB)", what, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _load_predictor(folder: str, segment: bool = False, threads: int = 1):
     from strokescan.inference.predictor import Predictor
 
@@ -337,25 +349,72 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
             for m, layer in CANDIDATES:
                 rec.update(score_case(case, explain_case(pred, case, m, layer), cname(m, layer)))
             val_rows.append(rec)
+            _progress("validation", len(val_rows))
     val = pd.DataFrame(val_rows)
+    summary["val_seconds"] = round(time.time() - t0, 1)
+
+    # 2. sanity checks (no reference lesion used) on a seeded sample of the validation slices of the first model
+    #    that has a label-shuffled twin
+    t0 = time.time()
+    random_fold = next((k for k in folds if "shuffled" in models[k]), None)
+    rng = np.random.default_rng(SEED)
+    strips: dict = {}
+    summary["randomisation"] = {"fold": random_fold, "pass_rule": f"mean Spearman rank correlation with the trained "
+                                f"model's maps < {ev.PASS_SPEARMAN} once every trained layer is re-initialised "
+                                f"(cascade step '{ev.LAST_TRAINED_STEP}') and for the label-shuffled model"}
+    if random_fold is not None:
+        pool = [r for _, r in meta[meta["fold"] == val_of[random_fold]].iterrows()]
+        pick = sorted(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False).tolist())
+        cases = [build_case(pool[i], angles, [plan]) for i in pick]
+        x = torch.from_numpy(np.stack([c.prepared.for_classifier[0].channels for c in cases]))
+        trained = _load_predictor(models[random_fold]["trained"]["folder"]).model
+        shuffled_model = _load_predictor(models[random_fold]["shuffled"]["folder"]).model
+        per_method = {}
+        for m, layer in CANDIDATES:
+            c = cname(m, layer)
+            ref, _ = model_frame_maps(trained, x, m, 0, layer or "head")
+            steps = []
+            strips[c] = [("trained", ref[0])]
+            for step, randomised in ev.cascading_randomisation(trained):
+                maps, _ = model_frame_maps(randomised, x, m, 0, layer or "head")
+                steps.append(ev.summarise_similarity(ev.map_similarity(ref, maps), step))
+                strips[c].append((step, maps[0]))
+            lab, _ = model_frame_maps(shuffled_model, x, m, 0, layer or "head")
+            label_row = ev.summarise_similarity(ev.map_similarity(ref, lab), "label-shuffled model")
+            strips[c].append(("labels shuffled", lab[0]))
+            last = next(s for s in steps if s["step"] == ev.LAST_TRAINED_STEP)
+            per_method[c] = {"cascade": steps, "label_randomisation": label_row,
+                             "cascade_pass": bool(last["spearman_mean"] < ev.PASS_SPEARMAN),
+                             "label_pass": bool(label_row["spearman_mean"] < ev.PASS_SPEARMAN)}
+        summary["randomisation"].update({"n_slices": len(cases), "n_patients": len({c.patient for c in cases}),
+                                         "methods": per_method, "seconds": round(time.time() - t0, 1)})
+        summary["randomisation"]["slices_from"] = f"validation fold {val_of[random_fold]} (positive reference slices)"
+    log.info("randomisation done")
+
+
+    passing = {c for c, v in summary["randomisation"].get("methods", {}).items() if v["cascade_pass"] and v["label_pass"]}
     choice = {}
     for m, layer in CANDIDATES:
         c = cname(m, layer)
         by_source = val.groupby("source")[f"{c}_hit"].mean()
         choice[c] = {"ctich_val_hit": float(by_source.get("ctich-masks", np.nan)),
                      "phe_val_hit": float(by_source.get("phe-sich", np.nan)),
-                     "score": float(np.nanmean(by_source.to_numpy()))}
-    primary = max(choice, key=lambda c: (round(choice[c]["score"], 6), c == "gradcam@head"))
-    summary["selection"] = {"rule": "highest mean of the ctich and phe-sich validation-fold pointing games "
-                                    "(each model's early-stopping fold K+1; ties: gradcam@head)",
+                     "score": float(np.nanmean(by_source.to_numpy())), "passes_sanity_checks": c in passing}
+    eligible = [c for c in choice if c in passing] or list(choice)
+    primary = max(eligible, key=lambda c: (round(choice[c]["score"], 6), c == "gradcam@head"))
+    summary["selection"] = {"rule": "among the methods that pass both sanity checks, the highest mean of the "
+                                    "ctich and phe-sich validation-fold pointing games (each model's "
+                                    "early-stopping fold K+1; ties: gradcam@head)",
                             "n_val_slices": {s: int(n) for s, n in val["source"].value_counts().items()},
                             "candidates": choice, "chosen": primary, "seconds": round(time.time() - t0, 1)}
     log.info("selection: %s", summary["selection"])
     p_method, p_layer = {cname(m, layer): (m, layer) for m, layer in CANDIDATES}[primary]
+    if strips:
+        strip_png(strips[primary], cases[0].prepared.for_classifier[0].channels[0], out_dir / "randomisation_cascade.png")
 
     # 2. the held-out test folds: candidates, baselines, the label-shuffled model, the detector's probability
     t0 = time.time()
-    rows, keep_for_random, example_pool = [], [], []
+    rows, example_pool = [], []
     logit_of: dict[str, float] = {}
     for k in folds:
         test_rows = np.flatnonzero(manifest["patient"].map(fold_of).to_numpy() == k)
@@ -383,9 +442,9 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
                 rec.update({f"{name}_{k2}": v for k2, v in sc.items()})
             if shuffled is not None:
                 rec.update(score_case(case, explain_case(shuffled, case, p_method, p_layer), "shuffled"))
-                keep_for_random.append(row)
             rows.append(rec)
             example_pool.append(row)
+            _progress("test", len(rows))
     test = pd.DataFrame(rows)
     test.to_csv(out_dir / "slices.csv", index=False)
     summary["test_seconds"] = round(time.time() - t0, 1)
@@ -393,7 +452,8 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
     def block(frame: pd.DataFrame) -> dict:
         names = [cname(m, layer) for m, layer in CANDIDATES] + list(BASELINES)
         cols = [f"{n}_{q}" for n in names for q in ("hit", "energy")]
-        cols += [f"{cname(m, layer)}_{q}" for m, layer in CANDIDATES for q in ("inbrain_hit", "peak_in_brain")]
+        cols += [f"{cname(m, layer)}_{q}" for m, layer in CANDIDATES for q in ("inbrain_hit", "peak_in_brain",
+                                                                                  "peak_outside_head")]
         out = {"n_slices": len(frame), "n_patients": int(frame["patient"].nunique()),
                "metrics": ev.mean_with_ci(frame, cols)}
         out["primary_minus_baseline_hit"] = {b: ev.paired_difference(frame, f"{primary}_hit", f"{b}_hit")
@@ -424,7 +484,7 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
 
     # 3. occlusion on a seeded sample of test slices (slow), paired with the primary method on the same slices
     t0 = time.time()
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(SEED + 1)
     pick = sorted(rng.choice(len(example_pool), size=min(n_occlusion, len(example_pool)), replace=False).tolist())
     occ_rows = []
     preds = {}
@@ -452,43 +512,6 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
         "seconds": round(time.time() - t0, 1)}
     log.info("occlusion: %s", summary["occlusion"])
 
-    # 4. sanity checks on a seeded sample of the first fold's test slices that has a label-shuffled model
-    t0 = time.time()
-    random_fold = next((k for k in folds if "shuffled" in models[k]), None)
-    summary["randomisation"] = {"fold": random_fold, "pass_rule": f"mean Spearman rank correlation with the trained "
-                                f"model's maps < {ev.PASS_SPEARMAN} once every trained layer is re-initialised "
-                                f"(cascade step '{ev.LAST_TRAINED_STEP}') and for the label-shuffled model"}
-    if random_fold is not None:
-        pool = [r for r in keep_for_random if int(r["fold"]) == random_fold]
-        pick = sorted(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False).tolist())
-        cases = [build_case(pool[i], angles, [plan]) for i in pick]
-        x = torch.from_numpy(np.stack([c.prepared.for_classifier[0].channels for c in cases]))
-        trained = _load_predictor(models[random_fold]["trained"]["folder"]).model
-        shuffled_model = _load_predictor(models[random_fold]["shuffled"]["folder"]).model
-        per_method = {}
-        strips = {}
-        for m, layer in CANDIDATES:
-            c = cname(m, layer)
-            ref, _ = model_frame_maps(trained, x, m, 0, layer or "head")
-            steps = []
-            strips[c] = [("trained", ref[0])]
-            for step, randomised in ev.cascading_randomisation(trained):
-                maps, _ = model_frame_maps(randomised, x, m, 0, layer or "head")
-                steps.append(ev.summarise_similarity(ev.map_similarity(ref, maps), step))
-                strips[c].append((step, maps[0]))
-            lab, _ = model_frame_maps(shuffled_model, x, m, 0, layer or "head")
-            label_row = ev.summarise_similarity(ev.map_similarity(ref, lab), "label-shuffled model")
-            strips[c].append(("labels shuffled", lab[0]))
-            last = next(s for s in steps if s["step"] == ev.LAST_TRAINED_STEP)
-            per_method[c] = {"cascade": steps, "label_randomisation": label_row,
-                             "cascade_pass": bool(last["spearman_mean"] < ev.PASS_SPEARMAN),
-                             "label_pass": bool(label_row["spearman_mean"] < ev.PASS_SPEARMAN)}
-        summary["randomisation"].update({"n_slices": len(cases), "n_patients": len({c.patient for c in cases}),
-                                         "methods": per_method, "seconds": round(time.time() - t0, 1)})
-        frame0 = cases[0].prepared.for_classifier[0].channels[0]
-        strip_png(strips[primary], frame0, out_dir / "randomisation_cascade.png")
-    log.info("randomisation done")
-
     # 5. example pictures: hits and failures of the primary method, each source
     examples = []
     for source in ("ctich-masks", "phe-sich"):
@@ -515,40 +538,52 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
 
 
 def timing(model_folder: str, out_dir: Path) -> tuple[dict, dict]:
-    """Seconds per slice on 2 threads: Grad-CAM (10 runs after a warm-up), occlusion and the segmenter's
-    uncertainty (3 runs each); and an uncertainty example picture."""
+    """Seconds per slice (median and fastest of several runs after a warm-up) on 2 and on 1 threads: Grad-CAM,
+    Grad-CAM++, the gradient maps, occlusion and the segmenter's uncertainty; and an uncertainty example picture.
+    The machine is shared: the fastest run is the better estimate of the uncontended cost."""
     import os
 
     from strokescan.inference.explanations import explain_slices, segmentation_uncertainty
     from strokescan.io import load_scan
 
     pred = _load_predictor(model_folder, segment=True, threads=2)
-    scan = load_scan(ROOT / "src/strokescan/samples/phe-sich_0011_18.png")
+    sample = "src/strokescan/samples/phe-sich_0021_13.png"
+    scan = load_scan(ROOT / sample)
     prepared = pred.prepare(scan)
-    out = {"threads": 2, "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-           "input": "src/strokescan/samples/phe-sich_0011_18.png (one 512 x 512 slice, 224-px model input)"}
+    out: dict = {"load_average_1min_before": os.getloadavg()[0], "cpu_count": os.cpu_count(),
+                 "input": f"{sample} (one 512 x 512 slice, 224-px model input)"}
+    out["monai_already_imported"] = "monai.visualize" in sys.modules
     t = time.perf_counter()
     explain_slices(pred, prepared, "gradcam")
-    out["first_call_seconds (imports MONAI)"] = time.perf_counter() - t
+    out["first_call_seconds"] = time.perf_counter() - t
 
-    def med(fn, n):
+    def runs(fn, n):
         ts = []
         for _ in range(n):
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
+        return {"median": float(np.median(ts)), "fastest": float(np.min(ts)), "runs": n}
 
-    out["classify_seconds"] = med(lambda: pred.classify(prepared), 5)
-    for layer in ("head", "block10"):
-        out[f"gradcam@{layer}_seconds"] = med(lambda: explain_slices(pred, prepared, "gradcam", layer=layer), 10)
-    out["gradcampp@head_seconds"] = med(lambda: explain_slices(pred, prepared, "gradcampp"), 5)
-    out["occlusion_seconds"] = med(lambda: explain_slices(pred, prepared, "occlusion"), 3)
-    out["segmentation_uncertainty_seconds"] = med(lambda: segmentation_uncertainty(pred, prepared), 3)
+    steps = {
+        "classify (whole result, for scale)": (lambda: pred.classify(prepared), 5),
+        "gradcam@head": (lambda: explain_slices(pred, prepared, "gradcam", layer="head"), 10),
+        "gradcam@block13": (lambda: explain_slices(pred, prepared, "gradcam", layer="block13"), 10),
+        "gradcam@block10": (lambda: explain_slices(pred, prepared, "gradcam", layer="block10"), 10),
+        "gradcampp@head": (lambda: explain_slices(pred, prepared, "gradcampp"), 5),
+        "vanillagrad": (lambda: explain_slices(pred, prepared, "vanillagrad"), 5),
+        "smoothgrad": (lambda: explain_slices(pred, prepared, "smoothgrad"), 3),
+        "occlusion": (lambda: explain_slices(pred, prepared, "occlusion"), 3),
+        "segmentation_uncertainty": (lambda: segmentation_uncertainty(pred, prepared), 3),
+    }
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        out[f"{threads}_threads"] = {name: runs(fn, n) for name, (fn, n) in steps.items()}
+    out["load_average_1min_after"] = os.getloadavg()[0]
     torch.set_num_threads(1)
     unc = segmentation_uncertainty(pred, prepared)[0]
     mask = pred.segment(prepared)[0]
-    seg = {"example": "uncertainty_example.png", "max_spread": float(unc.heat.max()),
+    seg = {"example": "uncertainty_example.png", "example_input": sample, "max_spread": float(unc.heat.max()),
            "mean_lesion_probability_max": unc.score, "predicted_lesion_px": int((mask > 0).sum())}
     import matplotlib
 
@@ -573,34 +608,42 @@ def timing(model_folder: str, out_dir: Path) -> tuple[dict, dict]:
     return out, seg
 
 
-def segmenter_uncertainty_check(cases_meta, angles, out_limit: int = 24) -> dict:
-    """Does the segmenter's TTA spread mark its errors? Pixel ROC-AUC of the spread for error pixels (predicted
-    clot xor reference clot) inside the head, on positive held-out ctich slices."""
+SEGMENTER_FOLDS = ROOT / "reports" / "segmentation" / "folds_v0.4.0.json"  # the bundled segmenter's folds
+
+
+def segmenter_uncertainty_check(classifier_folder: str, limit: int = 24) -> dict:
+    """Does the segmenter's TTA spread mark its errors? Per slice, the pixel ROC-AUC of the spread for error
+    pixels (predicted clot xor reference clot) inside the head, on positive ctich-masks slices of the bundled
+    segmenter's held-out test fold (a seeded sample of ``limit``)."""
     from strokescan.core.labels import HEMORRHAGE
     from strokescan.evaluation.metrics import roc_auc
     from strokescan.inference.explanations import segmentation_uncertainty
-    from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
+    from strokescan.models.unet import load_segmenter
     from strokescan.preprocessing.masking import head_masks
 
-    pred = Predictor(DEFAULT_CLASSIFIER_DIR if (DEFAULT_CLASSIFIER_DIR / "classifier.json").exists() else None,
-                     segment=True, threads=1)
+    _, seg_plan = load_segmenter(ROOT / "src/strokescan/resources/models/segmenter")
+    test_fold = str(seg_plan.training.get("test_fold", 0))
+    held_out = set(json.loads(SEGMENTER_FOLDS.read_text())["folds"][test_fold])
+    meta, angles, _, _ = reference_slices({0, 1, 2, 3, 4})
+    meta = meta[(meta["source"] == "ctich-masks") & meta["patient"].isin(held_out)]
+    meta = meta.sample(n=min(limit, len(meta)), random_state=SEED).sort_values(["patient", "slice_index"])
+    pred = _load_predictor(classifier_folder, segment=True)  # the detector is not used here
     plans = [SlicePlan(), pred.segmenter.plan.slice_plan]
-    aucs, n = [], 0
-    for _, row in cases_meta.iterrows():
-        if row["source"] != "ctich-masks" or n >= out_limit:
-            continue
+    aucs, dice = [], []
+    for _, row in meta.iterrows():
         case = build_case(row, angles, plans)
         mask = pred.segment(case.prepared)[0] == HEMORRHAGE
         unc = segmentation_uncertainty(pred, case.prepared)[0].heat
         head = head_masks(case.prepared.scan.pixels[0], case.prepared.scan.is_hu).head
         err = (mask ^ case.lesion)[head]
         aucs.append(roc_auc(err.astype(int), unc[head]))
-        n += 1
+        dice.append(2 * (mask & case.lesion).sum() / max(1, mask.sum() + case.lesion.sum()))
     a = np.asarray(aucs, float)
-    return {"n_slices": int(n), "error_pixel_auc_mean": float(np.nanmean(a)) if a.size else None,
+    return {"n_slices": len(meta), "n_patients": int(meta["patient"].nunique()),
+            "held_out_from": f"the bundled segmenter (its test fold {test_fold} in {SEGMENTER_FOLDS.relative_to(ROOT)})",
+            "error_pixel_auc_mean": float(np.nanmean(a)) if a.size else None,
             "error_pixel_auc_q10_q90": [float(np.nanquantile(a, 0.1)), float(np.nanquantile(a, 0.9))] if a.size else None,
-            "caveat": "the bundled segmenter's plan names test_fold 0 of its own folds file (ctich people in the "
-                      "committed classifier folds); not re-verified here"}
+            "clot_dice_mean_same_slices": float(np.mean(dice)) if dice else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,8 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="model cache (default $STROKESCAN_CACHE/explanations)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--retrain", action="store_true")
-    ap.add_argument("--occlusion-slices", type=int, default=24)
-    ap.add_argument("--random-slices", type=int, default=16)
+    ap.add_argument("--occlusion-slices", type=int, default=30)
+    ap.add_argument("--random-slices", type=int, default=24)
     ap.add_argument("--out", type=Path, default=REPORT_DIR)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -622,18 +665,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = args.work or cache_root() / "explanations"
     models = {k: fold_models(k, work / f"fold_{k}", args.retrain, shuffled=(i == 0)) for i, k in enumerate(args.fold)}
+    log.info("models: %s", {k: m.get("reproduces_cv_fold") for k, m in models.items()})
     if args.train_only:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    timed = timing(models[args.fold[0]]["trained"]["folder"], args.out)  # first: its first call imports MONAI
     summary = evaluate(args.fold, models, args.occlusion_slices, args.random_slices, args.out)
     summary["models"] = {k: {n: v for n, v in m.items() if n not in ("trained", "shuffled", "test_patients",
                                                                         "val_patients")}
                          | {"trained_best_epoch": m["trained"]["best_epoch"],
                             "shuffled_epochs": m.get("shuffled", {}).get("epochs")} for k, m in models.items()}
-    summary["timing"], summary["segmenter_uncertainty"] = timing(models[args.fold[0]]["trained"]["folder"], args.out)
-    meta, angles, _, _ = reference_slices(set(args.fold))
-    summary["segmenter_uncertainty"].update(segmenter_uncertainty_check(meta, angles))
+    summary["timing"], summary["segmenter_uncertainty"] = timed
+    summary["segmenter_uncertainty"].update(segmenter_uncertainty_check(models[args.fold[0]]["trained"]["folder"]))
     summary["command"] = "nice -n 10 .venv/bin/python scripts/explanation_figures.py " + " ".join(argv or sys.argv[1:])
     summary["total_seconds"] = round(time.time() - t0, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
@@ -687,6 +731,18 @@ def report_markdown(s: dict) -> str:
                      f"{g(ct, 'peak_in_brain') if extra else ''} | {g(ct, 'inbrain_hit') if extra else ''} | "
                      f"{g(ph, 'hit')} | {g(ph, 'energy')} | {g(ph, 'peak_in_brain') if extra else ''} | "
                      f"{g(ph, 'inbrain_hit') if extra else ''} |")
+    lines += ["", "Where the maxima lie (share of slices): brain (dilated 5 px) / skull or scalp (the head mask, "
+              "dilated 5 px, outside that) / outside the head (air, table, or no peak).", "",
+              "| method | ctich brain / skull-scalp / outside | phe-sich brain / skull-scalp / outside |", "|---|---|---|"]
+    for n in names:
+        if n in BASELINES:
+            continue
+        cells = []
+        for block in (ct, ph):
+            m = block.get("metrics", {})
+            b, o = m.get(f"{n}_peak_in_brain", {}).get("value"), m.get(f"{n}_peak_outside_head", {}).get("value")
+            cells.append("n/a" if b is None or o is None else f"{b:.2f} / {max(0.0, 1 - b - o):.2f} / {o:.2f}")
+        lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
     lines += ["", f"n: ctich-masks {ct.get('n_slices')} slices / {ct.get('n_patients')} patients; phe-sich "
               f"{ph.get('n_slices')} slices / {ph.get('n_patients')} patients.", "",
               "## Primary method minus baseline (paired patient bootstrap)", "",
@@ -699,9 +755,11 @@ def report_markdown(s: dict) -> str:
         for b in BASELINES:
             d = block.get("primary_within_brain_minus_baseline_hit", {}).get(b, {}).get("difference")
             lines.append(f"| {name} | {b} (primary within brain) | {_ci(d)} | |")
-    lines += ["", "## Validation-fold selection", "", "| candidate | ctich val hit | phe-sich val hit |", "|---|---|---|"]
+    lines += ["", "## Validation-fold selection", "", f"Rule: {s['selection']['rule']}. n: {s['selection']['n_val_slices']}.",
+              "", "| candidate | ctich val hit | phe-sich val hit | passes both sanity checks |", "|---|---|---|---|"]
     for c, v in s["selection"]["candidates"].items():
-        lines.append(f"| {c} | {v['ctich_val_hit']:.2f} | {v['phe_val_hit']:.2f} |")
+        lines.append(f"| {c} | {v['ctich_val_hit']:.2f} | {v['phe_val_hit']:.2f} | "
+                     f"{'yes' if v['passes_sanity_checks'] else 'no'} |")
     lines += ["", f"## By subtype ({primary})", "", "| subtype | n slices | patients | hit | energy | brain-mask hit | "
               "blood-channel hit |", "|---|---|---|---|---|---|---|"]
     for r in s["by_subtype"]:
@@ -732,8 +790,10 @@ def report_markdown(s: dict) -> str:
               "", "## Sanity checks (Adebayo et al. 2018)", "", s["randomisation"]["pass_rule"] + ".", ""]
     r = s["randomisation"]
     if r.get("methods"):
-        lines.append(f"n = {r['n_slices']} test slices of fold {r['fold']} ({r['n_patients']} patients); mean "
-                     "Spearman / mean SSIM against the trained model's maps.")
+        lines.append(f"Fold-{r['fold']} model (and its label-shuffled twin), n = {r['n_slices']} slices "
+                     f"({r['n_patients']} patients) of its {r['slices_from']}; mean Spearman / mean SSIM against "
+                     "the trained model's maps of the same slices. Run before the method was chosen: the choice "
+                     "is made among the methods that pass both.")
         lines.append("")
         steps = [c["step"] for c in next(iter(r["methods"].values()))["cascade"]]
         lines.append("| method | " + " | ".join(steps) + " | labels shuffled | pass (cascade, labels) |")
@@ -749,11 +809,27 @@ def report_markdown(s: dict) -> str:
                 lines.append(f"\nPointing game of the label-shuffled model ({name}, fold {r['fold']}): "
                              f"{_ci(d['b'])} vs trained {_ci(d['a'])}; difference {_ci(d['difference'])}.")
     t = s["timing"]
-    lines += ["", "## Timing (2 threads, shared machine)", "", "| step | seconds per slice |", "|---|---|"]
-    lines += [f"| {k.replace('_seconds', '')} | {v:.3f} |" for k, v in t.items() if k.endswith("seconds") or "seconds" in k]
-    lines += ["", f"Load average during timing: {t['load_average_1min']:.1f} on {t['cpu_count']} cores.", "",
-              "## Segmenter uncertainty (test-time augmentation spread)", "",
-              f"{json.dumps(s['segmenter_uncertainty'])}", "", "## Example pictures", ""]
+    lines += ["", "## Timing (seconds per slice, shared machine: median / fastest run)", "",
+              f"Input: {t['input']}. First call in the process: {t['first_call_seconds']:.2f} s "
+              f"({'MONAI already imported' if t['monai_already_imported'] else 'includes importing MONAI'}). "
+              f"Load average {t['load_average_1min_before']:.1f} before, {t['load_average_1min_after']:.1f} after, on "
+              f"{t['cpu_count']} cores.", "", "| step | 2 threads | 1 thread |", "|---|---|---|"]
+    for name in t["2_threads"]:
+        a, b = t["2_threads"][name], t["1_threads"][name]
+        lines.append(f"| {name} | {a['median']:.3f} / {a['fastest']:.3f} | {b['median']:.3f} / {b['fastest']:.3f} |")
+    lines += ["",
+              "## Segmenter uncertainty (test-time augmentation spread)", ""]
+    u = s["segmenter_uncertainty"]
+    if u.get("error_pixel_auc_mean") is None:
+        lines += [f"No held-out slices for the check (n = {u.get('n_slices')}); example: `{u['example']}`."]
+    else:
+        q = u["error_pixel_auc_q10_q90"]
+        lines += [f"On {u['n_slices']} positive ctich-masks slices ({u['n_patients']} patients) held out from "
+                  f"{u['held_out_from']}: the spread ranks the segmenter's error pixels (predicted clot xor reference "
+                  f"clot, inside the head) with a mean per-slice ROC-AUC of {u['error_pixel_auc_mean']:.2f} (10th-90th "
+                  f"percentile {q[0]:.2f}-{q[1]:.2f}); the segmenter's clot Dice on the same slices is "
+                  f"{u['clot_dice_mean_same_slices']:.2f}. Example: `{u['example']}` ({u['example_input']})."]
+    lines += ["", "## Example pictures", ""]
     for e in s["examples"]:
         lines.append(f"- `{e['file']}`: {e['kind']} ({e['source']}, {e['subtypes']}, {e['size']}, p(any) "
                      f"{e['p_any']:.2f}, energy share {e['energy']:.2f})")

@@ -44,7 +44,7 @@ def _prepared(scan: Scan, plan: SlicePlan, angle: float) -> PreparedScan:
     return PreparedScan(scan=scan, rotation_deg=[angle] * scan.n_slices, for_classifier=slices, for_segmenter=None)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "vanillagrad", "smoothgrad", "occlusion"])
 def test_maps_lie_on_the_scan_grid_with_a_peak_inside_it(predictor: Predictor, method: str) -> None:
     scan = load_scan(BLEED)
     prepared = predictor.prepare(scan)

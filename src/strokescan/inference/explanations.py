@@ -99,6 +99,15 @@ def _explainable(model: SliceClassifier) -> SliceScores:
     return SliceScores(mine)
 
 
+def _release(hooked) -> None:
+    """Drop what MONAI's ``ModelWithHooks`` keeps after a call (activations, gradients, the score and its graph):
+    the graph's hooks point back at the wrapper, a cycle through autograd's C++ nodes that Python's garbage
+    collector cannot see, so without this every call would leak a model copy."""
+    hooked.activations.clear()
+    hooked.gradients.clear()
+    hooked.score = None
+
+
 def _normalise(maps: np.ndarray) -> np.ndarray:
     """Per map: negative and non-finite values to 0, then divided by the maximum (all-zero maps stay zero)."""
     maps = np.nan_to_num(np.asarray(maps, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -149,6 +158,7 @@ def model_frame_maps(model: SliceClassifier, x: torch.Tensor, method: str = "gra
             for i in range(len(x)):
                 grad = explainer(x[i:i + 1].clone(), index=output_index)[0].abs().amax(dim=0).numpy()
                 maps.append(cv2.GaussianBlur(grad.astype(np.float32), (0, 0), sigma))
+        _release(explainer._model)
         return _normalise(np.stack(maps)), scores.numpy()
     if layer not in LAYERS:
         raise ModelError(f"unknown Grad-CAM layer {layer!r} (choose from {', '.join(LAYERS)})")
@@ -163,6 +173,7 @@ def model_frame_maps(model: SliceClassifier, x: torch.Tensor, method: str = "gra
         for i in range(0, len(x), step):
             xb = x[i:i + step].clone().requires_grad_(True)
             maps.append(cam(xb, class_idx=output_index).detach()[:, 0].numpy())
+            _release(cam.nn_module)
     return _normalise(np.concatenate(maps)), scores.numpy()
 
 
