@@ -18,19 +18,19 @@ Training takes a few minutes per model on one thread (models are cached under
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import hashlib
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from strokescan.config import SEED, cache_root
-from strokescan.core.labels import DETECTION_OUTPUTS
-from strokescan.models.classifier import ClassifierPlan, load_classifier, save_classifier
+from strokescan.models.classifier import ClassifierPlan, save_classifier
 from strokescan.preprocessing.pipeline import SlicePlan
 
 log = logging.getLogger("explanation_figures")
@@ -325,7 +325,11 @@ def _load_predictor(folder: str, segment: bool = False, threads: int = 1):
     return Predictor(Path(folder), segment=segment, threads=threads)
 
 
-def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_random: int, out_dir: Path) -> dict:
+def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_random: int, out_dir: Path,
+             stage_dir: Path | None = None) -> dict:
+    """The whole evaluation. The validation scores, the sanity checks and the test scores are kept in
+    ``stage_dir`` as they finish (keyed by the folds, candidates and sample sizes), so that a run killed later
+    resumes after the last finished stage."""
     import pandas as pd
 
     from strokescan.core.calibration import PlattCalibrator
@@ -337,11 +341,18 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
     meta, angles, manifest, fold_of = reference_slices(set(folds) | set(val_of.values()))
     plan = SlicePlan()
     summary: dict = {"folds": folds, "val_folds": val_of, "tolerance_px": ev.TOLERANCE_PX}
+    key = json.dumps({"folds": folds, "candidates": CANDIDATES, "n_random": n_random, "seed": SEED})
+    stage = None
+    if stage_dir is not None:
+        stage = stage_dir / hashlib.sha256(key.encode()).hexdigest()[:12]
+        stage.mkdir(parents=True, exist_ok=True)
+        (stage / "key.json").write_text(key)
 
-    # 1. choose the method/layer on the validation folds (never the test folds)
+    # 1. score every candidate on the validation folds (never the test folds)
     t0 = time.time()
     val_rows = []
-    for k in folds:
+    val_file = stage / "val.csv" if stage else None
+    for k in (folds if not (val_file and val_file.exists()) else []):
         pred = _load_predictor(models[k]["trained"]["folder"])
         for _, row in meta[meta["fold"] == val_of[k]].iterrows():
             case = build_case(row, angles, [plan])
@@ -350,7 +361,13 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
                 rec.update(score_case(case, explain_case(pred, case, m, layer), cname(m, layer)))
             val_rows.append(rec)
             _progress("validation", len(val_rows))
-    val = pd.DataFrame(val_rows)
+    if val_file and val_file.exists():
+        val = pd.read_csv(val_file)
+        log.info("validation scores from %s", val_file)
+    else:
+        val = pd.DataFrame(val_rows)
+        if val_file:
+            val.to_csv(val_file, index=False)
     summary["val_seconds"] = round(time.time() - t0, 1)
 
     # 2. sanity checks (no reference lesion used) on a seeded sample of the validation slices of the first model
@@ -362,7 +379,11 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
     summary["randomisation"] = {"fold": random_fold, "pass_rule": f"mean Spearman rank correlation with the trained "
                                 f"model's maps < {ev.PASS_SPEARMAN} once every trained layer is re-initialised "
                                 f"(cascade step '{ev.LAST_TRAINED_STEP}') and for the label-shuffled model"}
-    if random_fold is not None:
+    rand_file = stage / "randomisation.json" if stage else None
+    if rand_file and rand_file.exists():
+        summary["randomisation"] = json.loads(rand_file.read_text())
+        log.info("sanity checks from %s", rand_file)
+    elif random_fold is not None:
         pool = [r for _, r in meta[meta["fold"] == val_of[random_fold]].iterrows()]
         pick = sorted(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False).tolist())
         cases = [build_case(pool[i], angles, [plan]) for i in pick]
@@ -389,6 +410,10 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
         summary["randomisation"].update({"n_slices": len(cases), "n_patients": len({c.patient for c in cases}),
                                          "methods": per_method, "seconds": round(time.time() - t0, 1)})
         summary["randomisation"]["slices_from"] = f"validation fold {val_of[random_fold]} (positive reference slices)"
+        if rand_file:
+            rand_file.write_text(json.dumps(summary["randomisation"], default=_jsonable))
+            np.savez_compressed(stage / "strips.npz", background=cases[0].prepared.for_classifier[0].channels[0],
+                                **{f"{c}|{i}|{step}": m for c, st in strips.items() for i, (step, m) in enumerate(st)})
     log.info("randomisation done")
 
 
@@ -409,7 +434,12 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
                             "candidates": choice, "chosen": primary, "seconds": round(time.time() - t0, 1)}
     log.info("selection: %s", summary["selection"])
     p_method, p_layer = {cname(m, layer): (m, layer) for m, layer in CANDIDATES}[primary]
-    if strips:
+    if stage and (stage / "strips.npz").exists():
+        saved = np.load(stage / "strips.npz")
+        maps = sorted(((int(k.split("|")[1]), k.split("|")[2], saved[k]) for k in saved.files
+                       if k.split("|")[0] == primary), key=lambda t: t[0])
+        strip_png([(step, m) for _, step, m in maps], saved["background"], out_dir / "randomisation_cascade.png")
+    elif strips:
         strip_png(strips[primary], cases[0].prepared.for_classifier[0].channels[0], out_dir / "randomisation_cascade.png")
 
     # 2. the held-out test folds: candidates, baselines, the label-shuffled model, the detector's probability
@@ -420,7 +450,12 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
         test_rows = np.flatnonzero(manifest["patient"].map(fold_of).to_numpy() == k)
         for path, lg in zip(manifest["image_path"].to_numpy()[test_rows], models[k]["trained"]["test_logits_any"]):
             logit_of[path] = lg
+    test_file = stage / f"test_{primary}.csv" if stage else None
+    cached_test = bool(test_file and test_file.exists())
     for k in folds:
+        if cached_test:
+            example_pool.extend(r for _, r in meta[meta["fold"] == k].iterrows())
+            continue
         pred = _load_predictor(models[k]["trained"]["folder"])
         cal = PlattCalibrator.from_dict(pred.plan.calibration["any"])
         threshold = pred.plan.threshold("slice", "balanced")
@@ -445,7 +480,13 @@ def evaluate(folds: list[int], models: dict[int, dict], n_occlusion: int, n_rand
             rows.append(rec)
             example_pool.append(row)
             _progress("test", len(rows))
-    test = pd.DataFrame(rows)
+    if cached_test:
+        test = pd.read_csv(test_file)
+        log.info("test scores from %s", test_file)
+    else:
+        test = pd.DataFrame(rows)
+        if test_file:
+            test.to_csv(test_file, index=False)
     test.to_csv(out_dir / "slices.csv", index=False)
     summary["test_seconds"] = round(time.time() - t0, 1)
 
@@ -657,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-slices", type=int, default=24)
     ap.add_argument("--out", type=Path, default=REPORT_DIR)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fresh", action="store_true", help="recompute every evaluation stage (default: resume "
+                    "from the stages a previous run with the same settings finished)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import warnings
@@ -671,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     timed = timing(models[args.fold[0]]["trained"]["folder"], args.out)  # first: its first call imports MONAI
-    summary = evaluate(args.fold, models, args.occlusion_slices, args.random_slices, args.out)
+    summary = evaluate(args.fold, models, args.occlusion_slices, args.random_slices, args.out,
+                       None if args.fresh else work / "evaluation")
     summary["models"] = {k: {n: v for n, v in m.items() if n not in ("trained", "shuffled", "test_patients",
                                                                         "val_patients")}
                          | {"trained_best_epoch": m["trained"]["best_epoch"],
