@@ -63,3 +63,33 @@ def save_untrained_classifier(folder: Path, size: int = 96, seed: int = 0) -> Pa
 @pytest.fixture(scope="session")
 def untrained_classifier(tmp_path_factory) -> Path:
     return save_untrained_classifier(tmp_path_factory.mktemp("untrained_classifier"))
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; AssertionError naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def save_hemorrhage_everywhere_segmenter(folder: Path) -> Path:
+    """A tiny U-Net saved the real way whose last layer says "hemorrhage" everywhere, whatever the input."""
+    import torch
+
+    from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, save_segmenter
+    from strokescan.preprocessing.pipeline import SlicePlan
+
+    torch.manual_seed(0)
+    config = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
+    model = build_unet(config)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    plan = SegmenterPlan(unet=config, slice_plan=SlicePlan(size=64, correct_rotation=False), min_lesion_px=1)
+    return save_segmenter(model.eval(), plan, folder)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_untrained_classifier
+from conftest import save_hemorrhage_everywhere_segmenter, save_untrained_classifier
 from strokescan.config import SAMPLES_DIR
 from strokescan.core.geometry import to_model_frame
 from strokescan.evaluation import explanations as ev
@@ -173,17 +173,7 @@ def test_randomising_weights_changes_the_maps_and_leaves_the_model_alone() -> No
 @pytest.fixture(scope="module")
 def constant_segmenter_dir(tmp_path_factory) -> Path:
     """A tiny U-Net that says "hemorrhage" everywhere, whatever the input: nothing for TTA to disagree on."""
-    from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, save_segmenter
-
-    torch.manual_seed(0)
-    config = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
-    model = build_unet(config)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
-    plan = SegmenterPlan(unet=config, slice_plan=SlicePlan(size=64, correct_rotation=False), min_lesion_px=1)
-    return save_segmenter(model.eval(), plan, tmp_path_factory.mktemp("segmenter"))
+    return save_hemorrhage_everywhere_segmenter(tmp_path_factory.mktemp("segmenter"))
 
 
 def test_segmentation_uncertainty_is_on_the_grid_and_zero_where_the_augmentations_agree(

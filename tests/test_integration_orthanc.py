@@ -20,7 +20,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import save_untrained_classifier
+from conftest import save_untrained_classifier, wait_for
 from pydicom.uid import generate_uid
 
 from strokescan.app.integration.loopback import missing_tools, private_loopback, start_orthanc
@@ -103,15 +103,6 @@ def storescu(files: list[Path], calling: str = "SCANNER", background: bool = Fal
 
 def acknowledged(output: str) -> int:
     return len(re.findall(r"Received Store Response \(Success\)", output))
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def inbox_files(tmp_path: Path) -> list[Path]:

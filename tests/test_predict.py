@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import save_hemorrhage_everywhere_segmenter
 from strokescan.app.cli import main
 from strokescan.config import SAMPLES_DIR
 from strokescan.io import load_scan
-from strokescan.preprocessing.pipeline import SlicePlan
 from strokescan.inference.predictor import DEFAULT_CLASSIFIER_DIR, Predictor
 
 GE_ZIP = SAMPLES_DIR / "ge-hispeed-head-series.zip"
@@ -94,17 +93,7 @@ def test_bundled_model_ranks_a_hemorrhage_slice_above_a_normal_one():
 def bleeding_segmenter_dir(tmp_path_factory) -> Path:
     """A tiny U-Net saved the real way whose last layer says "hemorrhage" everywhere: after post-processing
     its masks are the head, so sizes, units and file names can be checked against the written PNGs."""
-    from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, save_segmenter
-
-    torch.manual_seed(0)
-    config = UNetConfig(arch="basic", features=(4, 4, 8, 8, 16, 4), dropout=0.0)
-    model = build_unet(config)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
-    plan = SegmenterPlan(unet=config, slice_plan=SlicePlan(size=64, correct_rotation=False), min_lesion_px=1)
-    return save_segmenter(model.eval(), plan, tmp_path_factory.mktemp("segmenter"))
+    return save_hemorrhage_everywhere_segmenter(tmp_path_factory.mktemp("segmenter"))
 
 
 def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, bleeding_segmenter_dir, tmp_path, capsys):
