@@ -23,7 +23,7 @@ from strokescan.datasets.splits import SPLITS_DIR, ctich_kaggle_folds, fold_of, 
 from strokescan.io import load_scan
 from strokescan.models.classifier import SliceClassifier
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
-from strokescan.training.features import _key, trunk_features
+from strokescan.training.features import cache_key, trunk_features
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def cached_detection_inputs(manifest: pd.DataFrame, plan: SlicePlan) -> tuple[np
     """(N, 3, S, S) float16 inputs, upright, and (N,) brain fractions; cached under the cache folder."""
     folder = cache_root() / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"detection_inputs_{_key(manifest['image_path'].tolist(), plan, 0, 1)}.npz"
+    target = folder / f"detection_inputs_{cache_key(manifest['image_path'].tolist(), plan, 0, 1)}.npz"
     if target.exists():
         data = np.load(target)
         return data["inputs"], data["brain_fraction"]
-    angles = training_rotation(manifest.assign(source=manifest["source"]))
+    angles = training_rotation(manifest)
     inputs = np.zeros((len(manifest), 3, plan.size, plan.size), np.float16)
     brain = np.zeros(len(manifest), np.float32)
     rows = list(zip(manifest["image_path"], manifest["patient"]))
@@ -103,7 +103,7 @@ def cached_detection_features(manifest: pd.DataFrame, plan: SlicePlan, n_views: 
                               ) -> tuple[torch.Tensor, np.ndarray]:
     """Frozen-trunk features (views, N, C, h, w) float16 and brain fractions for every manifest row."""
     folder = cache_root() / "features"
-    target = folder / f"detection_trunk_{_key(manifest['image_path'].tolist(), plan, n_views, seed)}.pt"
+    target = folder / f"detection_trunk_{cache_key(manifest['image_path'].tolist(), plan, n_views, seed)}.pt"
     inputs, brain = cached_detection_inputs(manifest, plan)
     if target.exists():
         return torch.load(target, weights_only=True), brain

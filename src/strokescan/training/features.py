@@ -47,7 +47,7 @@ def prepare_inputs(paths: list[str], plan: SlicePlan) -> np.ndarray:
     return out
 
 
-def _key(paths: list[str], plan: SlicePlan, n_views: int, seed: int) -> str:
+def cache_key(paths: list[str], plan: SlicePlan, n_views: int, seed: int) -> str:
     blob = json.dumps([paths, plan.to_dict(), n_views, seed]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -75,7 +75,7 @@ def cached_inputs(paths: list[str], plan: SlicePlan) -> np.ndarray:
     """:func:`prepare_inputs` for ``paths``, from the cache when it holds them."""
     folder = cache_root() / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    inputs_file = folder / f"inputs_{_key(paths, plan, 0, 0)}.npy"
+    inputs_file = folder / f"inputs_{cache_key(paths, plan, 0, 0)}.npy"
     if inputs_file.exists():
         return np.load(inputs_file)
     inputs = prepare_inputs(paths, plan)
@@ -89,7 +89,7 @@ def cached_features(
     """Trunk features for ``paths`` from the cache, computing (and storing) them when missing."""
     folder = cache_root() / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"trunk_{_key(paths, plan, n_views, seed)}.pt"
+    target = folder / f"trunk_{cache_key(paths, plan, n_views, seed)}.pt"
     if target.exists():
         log.info("using cached features %s", target)
         return torch.load(target, weights_only=True)

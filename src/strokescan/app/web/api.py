@@ -4,7 +4,6 @@ the result (the one result schema, docs/results.md), masks as PNG and NIfTI, rea
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import wraps
 from pathlib import Path
@@ -15,7 +14,7 @@ from sqlalchemy import select
 from strokescan.app.web.accounts import user_for_token
 from strokescan.app.web.db import Feedback, Study, StudyStatus
 from strokescan.app.web.openapi import OPENAPI
-from strokescan.app.web.render import mask_png, masks_nifti
+from strokescan.app.web.render import mask_png, masks_nifti, study_geometry
 from strokescan.app.web.studies import create_study, study_folder, study_summary, worklist_query
 from strokescan.app.web.uploads import UploadRejected
 
@@ -151,7 +150,7 @@ def mask_volume(study_id: int):
     _study, folder, problem = _masks_folder(study_id)
     if problem:
         return problem
-    geometry = json.loads((folder / "geometry.json").read_text())
+    geometry = study_geometry(folder)
     spacing = geometry["pixel_spacing_mm"]
     data = masks_nifti(folder, tuple(spacing) if spacing else None, geometry["slice_mm"])
     return Response(data, mimetype="application/gzip",

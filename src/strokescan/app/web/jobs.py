@@ -119,9 +119,6 @@ class JobWorker(threading.Thread):
             render_study(scan, result.masks, folder / "view")
             doc = public_document(result, label, self.show_identifiers)
             (folder / "view" / "result.json").write_text(json.dumps(doc))
-            slice_mm = scan.slice_spacing_mm or scan.slice_thickness_mm
-            (folder / "view" / "geometry.json").write_text(json.dumps(
-                {"pixel_spacing_mm": scan.pixel_spacing_mm, "slice_mm": slice_mm, "is_hu": scan.is_hu}))
             clot = doc["volumes"]["hemorrhage"] if doc.get("volumes") else None
             values.update(
                 status=StudyStatus.DONE, error=None, n_slices=result.n_slices, probability=result.probability,

@@ -1,7 +1,8 @@
 """What the viewer shows, written once per study when its analysis ends: slice PNGs per display window, one
 transparent overlay PNG per lesion class and slice, the class-id masks (for the PNG and NIfTI downloads).
 
-Layout under a study's folder: ``slices/<window>/<i>.png``, ``overlays/<class>/<i>.png``, ``masks.npz``.
+Layout under a study's folder: ``slices/<window>/<i>.png``, ``overlays/<class>/<i>.png``, ``masks.npz``,
+``geometry.json``.
 HU input gets the four presets of :data:`~strokescan.core.windows.WINDOW_PRESETS`; 8-bit images (already
 windowed by whoever exported them) one window, ``stored``.
 """
@@ -9,6 +10,7 @@ windowed by whoever exported them) one window, ``stored``.
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import cv2
@@ -36,7 +38,11 @@ def _png(path: Path, image: np.ndarray) -> None:
 
 
 def render_study(scan: Scan, masks: list[np.ndarray] | None, folder: Path) -> None:
-    """Write the PNG cache and the masks of one analysed scan into ``folder``."""
+    """Write the PNG cache, the masks and the geometry (``geometry.json``) of one analysed scan into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "geometry.json").write_text(json.dumps({
+        "pixel_spacing_mm": scan.pixel_spacing_mm, "slice_mm": scan.slice_spacing_mm or scan.slice_thickness_mm,
+        "is_hu": scan.is_hu}))
     for window in windows_for(scan.is_hu):
         for i, pixels in enumerate(scan.pixels):
             unit = apply_window(pixels, window) if scan.is_hu else np.clip(pixels / 255.0, 0, 1)
@@ -53,6 +59,11 @@ def render_study(scan: Scan, masks: list[np.ndarray] | None, folder: Path) -> No
             edge = inside & ~cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             rgba[edge] = (b, g, r, 255)
             _png(folder / "overlays" / c.label / f"{i}.png", rgba)
+
+
+def study_geometry(folder: Path) -> dict:
+    """What :func:`render_study` recorded: ``pixel_spacing_mm``, ``slice_mm``, ``is_hu``."""
+    return json.loads((folder / "geometry.json").read_text())
 
 
 def masks_nifti(folder: Path, scan_spacing: tuple[float, float] | None, slice_mm: float | None) -> bytes:

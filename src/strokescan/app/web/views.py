@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from strokescan.app.web.accounts import authenticate
 from strokescan.app.web.db import Feedback, Study, StudyStatus
-from strokescan.app.web.render import windows_for
+from strokescan.app.web.render import study_geometry, windows_for
 from strokescan.app.web.studies import create_study, study_folder, worklist_query
 from strokescan.app.web.uploads import UploadRejected
 from strokescan.core.labels import LESION_CLASSES, SUBTYPE_ABBREVIATIONS
@@ -84,9 +84,9 @@ def study(study_id: int):
         study = _study_or_404(session, study_id)
         feedback = [(f.agrees, f.note, f.user.username, f.created_at) for f in study.feedback]
     result = study.result
-    is_hu = bool(result) and (study_folder(_ctx()["settings"].instance_dir, study) / "slices" / "brain").is_dir()
-    return render_template("study.html", study=study, result=result, feedback=feedback,
-                           windows=windows_for(is_hu) if result else [], classes=LESION_CLASSES,
+    windows = windows_for(study_geometry(study_folder(_ctx()["settings"].instance_dir, study))["is_hu"]) if result else []
+    return render_template("study.html", study=study, result=result, feedback=feedback, windows=windows,
+                           classes=LESION_CLASSES,
                            abbreviations=SUBTYPE_ABBREVIATIONS)
 
 
