@@ -18,24 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strokescan.datasets.local import SUBTYPES, load_ctich_masks
-from strokescan.evaluation.metrics import patient_bootstrap
+from strokescan.datasets.local import CTICH_JPEG_PIXEL_MM, CTICH_SLICE_MM, SUBTYPES, load_ctich_masks
+from strokescan.evaluation.metrics import patient_bootstrap, volume_agreement
 
-PIXEL_MM = 0.5 * 512 / 650  # assumed raw spacing 0.5 mm, resized 512 -> 650
-SLICE_MM = 5.0
-ML_PER_PIXEL = PIXEL_MM * PIXEL_MM * SLICE_MM / 1000.0
-
-
-def icc_2_1(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-way random, absolute agreement, single measure ICC(2,1) (Shrout & Fleiss 1979) of two raters."""
-    x = np.stack([a, b], axis=1).astype(float)
-    n, k = x.shape
-    grand = x.mean()
-    ms_rows = k * ((x.mean(axis=1) - grand) ** 2).sum() / (n - 1)
-    ms_cols = n * ((x.mean(axis=0) - grand) ** 2).sum() / (k - 1)
-    ss_err = ((x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + grand) ** 2).sum()
-    ms_err = ss_err / ((n - 1) * (k - 1))
-    return float((ms_rows - ms_err) / (ms_rows + (k - 1) * ms_err + k * (ms_cols - ms_err) / n))
+ML_PER_PIXEL = CTICH_JPEG_PIXEL_MM * CTICH_JPEG_PIXEL_MM * CTICH_SLICE_MM / 1000.0
 
 
 def _ci(frame: pd.DataFrame, stat) -> str:
@@ -74,11 +60,9 @@ def figures(table: pd.DataFrame) -> list[str]:
         if len(vol) < 2:
             lines.append(f"| {method} | {len(vol)} | n/a | n/a | n/a | n/a |")
             continue
-        diff = vol["pred_px"] - vol["true_px"]
-        within = (diff.abs() <= 0.25 * vol["true_px"]).mean()
-        sd = diff.std(ddof=1)
-        lines.append(f"| {method} | {len(vol)} | {within:.2f} | {diff.mean():+.2f} | {diff.mean() - 1.96 * sd:+.2f} to "
-                     f"{diff.mean() + 1.96 * sd:+.2f} | {icc_2_1(vol['pred_px'].to_numpy(), vol['true_px'].to_numpy()):.3f} |")
+        agree = volume_agreement(vol["pred_px"].to_numpy(), vol["true_px"].to_numpy())
+        lines.append(f"| {method} | {len(vol)} | {agree['within']:.2f} | {agree['mean_diff']:+.2f} | "
+                     f"{agree['loa_low']:+.2f} to {agree['loa_high']:+.2f} | {agree['icc']:.3f} |")
     return lines
 
 

@@ -627,6 +627,7 @@ def test_fine_tuning_split_check_allows_declared_new_patients_only():
     _check_same_split(plan, old, (0,))
     grown = {"folds": {"0": ["a", "b"], "1": ["c"], "2": ["d", "new"]}, "added_patients": ["new"]}
     _check_same_split(plan, grown, (0,))  # a new patient in a training fold: the rest is unchanged
+    _check_same_split({"folds_sha256": folds_sha256(grown), "test_fold": 0}, grown, (0,))  # made on these folds
     moved = {"folds": {"0": ["a"], "1": ["c"], "2": ["d", "b"]}, "added_patients": ["new"]}
     with pytest.raises(DataError, match="would leak"):
         _check_same_split(plan, moved, (0,))  # b changed side

@@ -42,6 +42,20 @@ def _public_set(text: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def _group_weights(text: str) -> dict[str, float]:
+    """``hemorrhage=0.45,edema=0.2,...`` -> {group: share}; every sampling group named once, shares > 0."""
+    from strokescan.core.labels import LESION_CLASSES
+
+    groups = {c.label for c in LESION_CLASSES} | {"negative"}
+    try:
+        shares = {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GROUP=SHARE,... (e.g. hemorrhage=0.45,negative=0.25)")
+    if set(shares) != groups or min(shares.values()) < 0 or sum(shares.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a non-negative share for each of {', '.join(sorted(groups))}")
+    return shares
+
+
 def _train_segmenter(a: argparse.Namespace) -> int:
     import torch
 
@@ -58,7 +72,7 @@ def _train_segmenter(a: argparse.Namespace) -> int:
         return 0
     cfg = SegTrainConfig(max_epochs=a.max_epochs, patience=a.patience, steps_per_epoch=a.steps_per_epoch,
                          batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, threads=a.threads,
-                         train_seed=a.train_seed)
+                         train_seed=a.train_seed, **({"group_weights": a.group_weights} if a.group_weights else {}))
     limit = None
     if a.smoke:
         cfg = SegTrainConfig(max_epochs=2, patience=1, steps_per_epoch=2, batch_size=2, threads=a.threads,
@@ -150,6 +164,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--group-weights", type=_group_weights, default=None, metavar="GROUP=SHARE,...",
+                   help="share of each batch per sampling group, e.g. hemorrhage=0.45,edema=0.2,infarct=0.1,"
+                        "negative=0.25 (default 0.3/0.25/0.2/0.25)")
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of batch draws and augmentation only (default: the data seed); data and folds stay")
     p.add_argument("--threads", type=int, default=1,

@@ -28,6 +28,10 @@ SUBTYPES = {  # CT-ICH csv column -> manifest column
     "Epidural": "epidural",
     "Subdural": "subdural",
 }
+#: CT-ICH's JPEGs carry no spacing. Assumed: the raw 512 x 512 export at 0.5 mm per pixel, resized to 650 px,
+#: and CT-ICH's stated 5 mm slices. Volumes in mL of these slices scale with this; Dice and ratios do not.
+CTICH_JPEG_PIXEL_MM = 0.5 * 512 / 650
+CTICH_SLICE_MM = 5.0
 
 
 def _folder(root: Path | str | None, name: str) -> Path:

@@ -91,3 +91,27 @@ def specificity_at_full_sensitivity(y: np.ndarray, p: np.ndarray) -> float:
 def format_ci(metric: dict[str, float], digits: int = 3) -> str:
     lo, hi = metric["ci95"]
     return f"{metric['value']:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def icc_2_1(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-way random, absolute agreement, single measure ICC(2,1) (Shrout & Fleiss 1979) of two raters."""
+    x = np.stack([a, b], axis=1).astype(float)
+    n, k = x.shape
+    grand = x.mean()
+    ms_rows = k * ((x.mean(axis=1) - grand) ** 2).sum() / (n - 1)
+    ms_cols = n * ((x.mean(axis=0) - grand) ** 2).sum() / (k - 1)
+    ss_err = ((x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + grand) ** 2).sum()
+    ms_err = ss_err / ((n - 1) * (k - 1))
+    return float((ms_rows - ms_err) / (ms_rows + (k - 1) * ms_err + k * (ms_cols - ms_err) / n))
+
+
+def volume_agreement(measured: np.ndarray, reference: np.ndarray, tolerance: float = 0.25) -> dict[str, float]:
+    """How a volume measurement agrees with a reference, one value per patient: the share within
+    ``tolerance`` of the reference, Bland-Altman mean difference and 95 % limits of agreement, ICC(2,1)."""
+    measured, reference = np.asarray(measured, float), np.asarray(reference, float)
+    diff = measured - reference
+    sd = diff.std(ddof=1) if len(diff) > 1 else float("nan")
+    return {"n": int(len(diff)), "within": float((np.abs(diff) <= tolerance * reference).mean()),
+            "mean_diff": float(diff.mean()), "loa_low": float(diff.mean() - 1.96 * sd),
+            "loa_high": float(diff.mean() + 1.96 * sd),
+            "icc": icc_2_1(measured, reference) if len(diff) > 1 else float("nan")}

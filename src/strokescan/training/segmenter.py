@@ -466,12 +466,13 @@ def _check_same_split(init_training: dict, folds: dict, test_folds) -> None:
 
     Compared by the fingerprint in the model's plan, or (older plans) with the folds file the plan names.
     Patients listed under the folds' ``added_patients`` (new data the model never saw) are left out of the
-    comparison: the rest must be the model's folds exactly, so an added patient cannot hide a moved one."""
+    comparison when the model predates them: the rest must be the model's folds exactly, so an added patient cannot
+    hide a moved one. A model made on these very folds (added patients included) passes as it is."""
     source = Path(str(init_training.get("folds_file", "")))
     added = set(folds.get("added_patients", ()))
     if init_training.get("folds_sha256"):
         base = {k: [p for p in ps if p not in added] for k, ps in folds["folds"].items()}
-        same_folds = init_training["folds_sha256"] == folds_sha256({"folds": base})
+        same_folds = init_training["folds_sha256"] in (folds_sha256(folds), folds_sha256({"folds": base}))
     else:
         same_folds = source.is_file() and read_folds(source)["folds"] == folds["folds"]
     if not same_folds or list(test_folds) != [init_training.get("test_fold")]:
