@@ -61,3 +61,18 @@ def test_platt_calibration_fixes_overconfident_scores():
     assert cal.a == pytest.approx(0.25, abs=0.05)
     assert after < before / 2 and after < 0.03
     assert PlattCalibrator.from_dict(cal.to_dict()) == cal
+
+
+def test_volume_agreement_against_hand_computed_values():
+    from strokescan.evaluation.metrics import icc_2_1, volume_agreement
+
+    ref = np.array([10.0, 20.0, 40.0, 80.0])
+    same = volume_agreement(ref, ref)
+    assert same["within"] == 1.0 and same["mean_diff"] == 0.0 and same["icc"] == pytest.approx(1.0)
+    half = volume_agreement(ref / 2, ref)  # every measurement 50 % low
+    assert half["within"] == 0.0 and half["mean_diff"] == pytest.approx(-18.75)
+    assert half["loa_low"] < half["mean_diff"] < half["loa_high"]
+    near = volume_agreement(ref * np.array([1.2, 0.8, 1.3, 1.0]), ref)
+    assert near["within"] == 0.75  # 30 % off is outside 25 %
+    # ICC(2,1) of a constant offset is below 1 (absolute agreement), of a pure scale change too
+    assert 0 < icc_2_1(ref + 5, ref) < 1 and icc_2_1(ref * 2, ref) < icc_2_1(ref + 5, ref)
