@@ -5,8 +5,8 @@ One flow, set up once for the module: log in through the form; queue the bundled
 analyse them; upload the GE DICOM series (.zip) through the upload page (the page's own script posts it and
 goes to the study's page, which reloads itself until the analysis is done). Then: the viewer scrolls with the
 mouse wheel and the arrow keys (slice number, ``data-index`` and the slice image follow), an overlay checkbox
-hides and shows its overlay, the window select changes the image; the worklist lists flagged studies first and
-each group in arrival order; logging out locks the pages again. No page logs a console error or throws (a
+hides and shows its overlay, the heat map toggle is offered unchecked, the window select changes the image; the
+worklist lists flagged studies first and each group in arrival order; logging out locks the pages again. No page logs a console error or throws (a
 Content-Security-Policy violation or a missing image would). Screenshots for the README are written to
 docs/screenshots/ (worklist.png, viewer.png, upload.png).
 
@@ -219,6 +219,10 @@ def test_viewer_scrolls_toggles_and_windows(reader):
     expect(page.locator("img.overlay")).to_have_count(3)
     for overlay in page.locator("img.overlay").all():  # every overlay PNG exists and is shown
         expect(overlay).not_to_have_class(re.compile(r"\bhidden\b"))
+    # the detector's heat map (the study has explanations): offered, but off until asked for
+    expect(page.locator("label:has(#heatmap-toggle)")).to_have_text("where the detector looked (not a lesion outline)")
+    expect(page.locator("#heatmap-toggle")).not_to_be_checked()
+    expect(page.locator("#heatmap")).to_have_class(re.compile(r"\bhidden\b"))
     _screenshot(tab, "viewer.png")
 
     # the mouse wheel over the image: one slice per notch, down = next

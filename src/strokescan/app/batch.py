@@ -20,7 +20,7 @@ from strokescan.errors import OutputError, StrokescanError
 from strokescan.inference import Predictor, ScanResult
 from strokescan.io import discover_inputs, load_scan
 from strokescan.io.scan import Scan
-from strokescan.io.writers import write_masks, write_overlays
+from strokescan.io.writers import write_heatmaps, write_masks, write_overlays
 
 
 @dataclass
@@ -32,6 +32,7 @@ class BatchItem:
     error: StrokescanError | None = None
     mask_paths: list[str] = field(default_factory=list)
     overlay_paths: list[str] = field(default_factory=list)
+    heatmap_paths: list[str] = field(default_factory=list)
 
     def json_lines(self) -> list[dict[str, Any]]:
         """The CLI's JSON lines for this input (an error line when it failed)."""
@@ -60,16 +61,18 @@ def output_stem(path: Path, taken: set[str]) -> str:
 
 class BatchRunner:
     """Analyses inputs one by one with one :class:`Predictor`; writes masks/overlays when folders are given
-    (the Predictor must then have a segmenter)."""
+    (the Predictor must then have a segmenter), and with ``heatmaps_dir`` explains the flagged slices (or the
+    most suspicious one) and writes their heat maps."""
 
     def __init__(self, predictor: Predictor, masks_dir: Path | str | None = None,
                  overlays_dir: Path | str | None = None, series: str | None = None, force: bool = False,
-                 progress: bool = False) -> None:
+                 progress: bool = False, heatmaps_dir: Path | str | None = None) -> None:
         if (masks_dir or overlays_dir) and predictor.segmenter is None:
             raise ValueError("masks or overlays need a Predictor with a segmenter")
         self.predictor = predictor
         self.masks_dir = Path(masks_dir) if masks_dir else None
         self.overlays_dir = Path(overlays_dir) if overlays_dir else None
+        self.heatmaps_dir = Path(heatmaps_dir) if heatmaps_dir else None
         self.series = series
         self.force = force
         self.progress = progress
@@ -102,18 +105,26 @@ class BatchRunner:
     def analyse(self, shown: str, path: Path) -> BatchItem:
         """Load, analyse and write the outputs of one scan (raises StrokescanError)."""
         scan = load_scan(path, series=self.series)
-        item = BatchItem(shown, result=self.predictor.analyse(scan, force=self.force))
-        if self.masks_dir or self.overlays_dir:
+        item = BatchItem(shown, result=self.predictor.analyse(scan, force=self.force,
+                                                              explain=self.heatmaps_dir is not None))
+        if self.masks_dir or self.overlays_dir or self.heatmaps_dir:
             self._write(item, scan)
         return item
 
     def _write(self, item: BatchItem, scan: Scan) -> None:
-        assert item.result is not None and item.result.masks is not None
+        result = item.result
+        assert result is not None
         stem = output_stem(scan.source_path, self._stems)
         try:
             if self.masks_dir:
-                item.mask_paths = [str(p) for p in write_masks(item.result.masks, self.masks_dir, stem)]
+                assert result.masks is not None
+                item.mask_paths = [str(p) for p in write_masks(result.masks, self.masks_dir, stem)]
             if self.overlays_dir:
-                item.overlay_paths = [str(p) for p in write_overlays(scan, item.result.masks, self.overlays_dir, stem)]
+                assert result.masks is not None
+                item.overlay_paths = [str(p) for p in write_overlays(scan, result.masks, self.overlays_dir, stem)]
+            if self.heatmaps_dir:
+                assert result.heatmaps is not None
+                item.heatmap_paths = [str(p) for p in write_heatmaps(scan, result.heatmaps, self.heatmaps_dir, stem)]
         except OSError as exc:
-            raise OutputError(f"cannot write masks/overlays for {scan.source_path}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write masks/overlays/heat maps for {scan.source_path}: "
+                              f"{exc.strerror or exc}") from None

@@ -78,7 +78,8 @@ def _predict(args: argparse.Namespace, paths: Sequence[str]) -> int:
     predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment,
                           operating_point=args.operating_point)
     runner = BatchRunner(predictor, masks_dir=args.masks_dir, overlays_dir=args.overlays_dir, series=args.series,
-                         force=args.force, progress=args.json and sys.stderr.isatty())
+                         force=args.force, progress=args.json and sys.stderr.isatty(),
+                         heatmaps_dir=args.heatmaps_dir)
     failed = 0
     for item in runner.run(paths):
         failed += item.error is not None
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "<stem>_<slice_index>.png, and add mask paths, areas and volumes to the output")
         p.add_argument("--overlays-dir", type=Path, help="also segment lesions; write colour overlays for people "
                        "(red hemorrhage, yellow edema, blue infarct)")
+        p.add_argument("--heatmaps-dir", type=Path, help="also explain the flagged slices (or, when none is, the most "
+                       "suspicious slice showing brain): write the detector's Grad-CAM heat map over each, with a "
+                       "cross at its peak, named like the overlays, and add 'explanation' (method, layer, peak "
+                       "[row, col], score) to those slices' output. The map shows where the detector looked, not a "
+                       "lesion outline: its peak often misses small bleeds (docs/explanations.md)")
         p.add_argument("--segmenter", type=Path, help="segmentation model folder (default: the bundled one)")
         p.add_argument("--force", action="store_true", help="also analyse inputs the models were not made for (MR, "
                        "SEG/SR objects, other body parts, localizers, non-axial reformats); their results are "

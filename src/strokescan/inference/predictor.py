@@ -8,6 +8,7 @@ Its steps are public, so that an explainer can reach the prepared tensors and a 
     probabilities = predictor.classify(prepared)  # calibrated, (slices, outputs): any, then the subtypes
     masks = predictor.segment(prepared)           # class ids on the scan's own pixel grid
     volumes = predictor.quantify(scan, masks)     # areas, mL, ABC/2
+    maps = predictor.explain(prepared, slices=[3])  # where the detector looked (Grad-CAM), on the scan's grid
     result = predictor.analyse(scan)              # all of the above, plus the scope check
 
 Sharing between threads: a Predictor holds no per-call state (models are in eval mode and run under
@@ -20,6 +21,7 @@ one per process); the per-slice numpy and OpenCV steps run in a private thread p
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from strokescan import __version__
 from strokescan.config import BUNDLED_MODELS_DIR, torch_threads
 from strokescan.core.calibration import PlattCalibrator
 from strokescan.errors import ModelError, OutOfScopeError
+from strokescan.inference.explanations import CHOSEN_LAYER, HeatMap, explain_slices
 from strokescan.inference.quantification import SeriesQuantification, quantify_series, slice_areas
 from strokescan.inference.results import ScanResult, SliceResult
 from strokescan.inference.segmenter import Segmenter
@@ -126,16 +129,25 @@ class Predictor:
             raise ModelError("this Predictor has no segmenter (construct it with segment=True)")
         return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self._pool)
 
+    def explain(self, prepared: PreparedScan, method: str = "gradcam", layer: str = CHOSEN_LAYER,
+                slices: Sequence[int] | None = None) -> list[HeatMap]:
+        """Where the detector looked for "any" hemorrhage on each of ``slices`` (default all) of ``prepared``, on the
+        scan's own grid (:func:`~strokescan.inference.explanations.explain_slices`; docs/explanations.md says what
+        a map does and does not show: not a lesion outline)."""
+        return explain_slices(self, prepared, method=method, layer=layer, slices=slices)
+
     @staticmethod
     def quantify(scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
         """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown)."""
         slice_mm = (scan.slice_spacing_mm or scan.slice_thickness_mm) if scan.is_volume else scan.slice_thickness_mm
         return quantify_series(masks, scan.pixel_spacing_mm, slice_mm)
 
-    def analyse(self, scan: Scan, force: bool = False) -> ScanResult:
+    def analyse(self, scan: Scan, force: bool = False, explain: bool = False) -> ScanResult:
         """All steps. A scan the models were not made for (MR, SEG/SR objects, other body parts, localizers,
         non-axial reformats) raises :class:`~strokescan.errors.OutOfScopeError`, unless ``force``: then it is
-        analysed and the result says why it is out of scope."""
+        analysed and the result says why it is out of scope. With ``explain``, the flagged slices (or, when none is,
+        the most suspicious slice showing brain) are explained (:meth:`explain`): their results gain
+        ``explanation`` and the result ``heatmaps``."""
         problem = scope_problem(scan)
         if problem and not force:
             raise OutOfScopeError(f"{scan.source_path}: out of scope: {problem}", problem)
@@ -165,6 +177,14 @@ class Predictor:
             quantification = self.quantify(scan, masks)
             for s, m in zip(slices, masks):
                 s.lesions = slice_areas(m, scan.pixel_spacing_mm)
+        heatmaps = None
+        if explain:
+            flagged = [i for i, s in enumerate(slices) if s.positive]
+            brain = np.flatnonzero(shows_brain)
+            chosen = flagged or ([int(brain[np.argmax(probs[brain, 0])])] if brain.size else [])
+            heatmaps = self.explain(prepared, slices=chosen)
+            for h in heatmaps:
+                slices[h.slice_index].explanation = h.to_dict()
         return ScanResult(
             path=str(scan.source_path),
             n_slices=scan.n_slices,
@@ -179,8 +199,10 @@ class Predictor:
             model=self.model_info,
             masks=masks,
             quantification=quantification,
+            heatmaps=heatmaps,
             out_of_scope=problem,
         )
 
-    def analyse_path(self, path: str | Path, series: str | None = None, force: bool = False) -> ScanResult:
-        return self.analyse(load_scan(path, series=series), force=force)
+    def analyse_path(self, path: str | Path, series: str | None = None, force: bool = False,
+                     explain: bool = False) -> ScanResult:
+        return self.analyse(load_scan(path, series=series), force=force, explain=explain)

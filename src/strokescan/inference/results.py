@@ -9,14 +9,18 @@ docs/results.md describes every field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from strokescan.inference.quantification import LesionArea, SeriesQuantification
 
+if TYPE_CHECKING:
+    from strokescan.inference.explanations import HeatMap
+
 #: bump the minor number for added fields, the major one for renamed or removed fields
-SCHEMA_VERSION = "1.1"  # 1.1: subtypes, operating point, flags only on slices showing brain
+#: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for)
+SCHEMA_VERSION = "1.2"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class SliceResult:
     brain_visible: bool  # False for slices with (almost) no brain: skull base, vertex, outside the head; never flagged
     subtypes: dict[str, float] = field(default_factory=dict)  # calibrated probability per hemorrhage subtype
     lesions: dict[str, LesionArea] | None = None  # per lesion class, when segmentation ran
+    explanation: dict[str, Any] | None = None  # HeatMap.to_dict() of the detector's map, when this slice was explained
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -44,6 +49,8 @@ class SliceResult:
         }
         if self.lesions is not None:
             out["lesions"] = {k: v.to_dict() for k, v in self.lesions.items()}
+        if self.explanation is not None:
+            out["explanation"] = dict(self.explanation)
         return out
 
 
@@ -63,6 +70,7 @@ class ScanResult:
     model: dict[str, str] = field(default_factory=dict)
     masks: list[np.ndarray] | None = None  # class-id masks in the input's grid, when segmentation ran
     quantification: SeriesQuantification | None = None
+    heatmaps: list[HeatMap] | None = None  # the explained slices' maps in the input's grid, when explain ran
     out_of_scope: str | None = None  # why the input is outside what the models were made for (forced runs only)
 
     @property

@@ -115,8 +115,8 @@ class JobWorker(threading.Thread):
             if self._predictor is None:
                 self._predictor = self._factory()
             scan = load_scan(path)
-            result = self._predictor.analyse(scan)
-            render_study(scan, result.masks, folder / "view")
+            result = self._predictor.analyse(scan, explain=True)
+            render_study(scan, result.masks, folder / "view", result.heatmaps)
             doc = public_document(result, label, self.show_identifiers)
             (folder / "view" / "result.json").write_text(json.dumps(doc))
             clot = doc["volumes"]["hemorrhage"] if doc.get("volumes") else None

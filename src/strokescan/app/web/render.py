@@ -1,8 +1,9 @@
 """What the viewer shows, written once per study when its analysis ends: slice PNGs per display window, one
-transparent overlay PNG per lesion class and slice, the class-id masks (for the PNG and NIfTI downloads).
+transparent overlay PNG per lesion class and slice, the class-id masks (for the PNG and NIfTI downloads), and a
+transparent heat map PNG (where the detector looked) per explained slice.
 
-Layout under a study's folder: ``slices/<window>/<i>.png``, ``overlays/<class>/<i>.png``, ``masks.npz``,
-``geometry.json``.
+Layout under a study's folder: ``slices/<window>/<i>.png``, ``overlays/<class>/<i>.png``,
+``overlays/heatmap/<i>.png`` (explained slices only), ``masks.npz``, ``geometry.json``.
 HU input gets the four presets of :data:`~strokescan.core.windows.WINDOW_PRESETS`; 8-bit images (already
 windowed by whoever exported them) one window, ``stored``.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -20,8 +23,10 @@ import numpy as np
 from strokescan.core.labels import LESION_CLASSES
 from strokescan.core.windows import WINDOW_PRESETS, apply_window
 from strokescan.io import Scan
+from strokescan.io.writers import SliceMap, heatmap_rgba
 
 STORED_WINDOW = "stored"
+HEATMAP_OVERLAY = "heatmap"  # the overlay name of the detector's heat maps
 
 
 def windows_for(is_hu: bool) -> list[str]:
@@ -37,8 +42,10 @@ def _png(path: Path, image: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def render_study(scan: Scan, masks: list[np.ndarray] | None, folder: Path) -> None:
-    """Write the PNG cache, the masks and the geometry (``geometry.json``) of one analysed scan into ``folder``."""
+def render_study(scan: Scan, masks: list[np.ndarray] | None, folder: Path,
+                 heatmaps: Sequence[SliceMap] | None = None) -> None:
+    """Write the PNG cache, the masks, the explained slices' heat maps and the geometry (``geometry.json``) of one
+    analysed scan into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "geometry.json").write_text(json.dumps({
         "pixel_spacing_mm": scan.pixel_spacing_mm, "slice_mm": scan.slice_spacing_mm or scan.slice_thickness_mm,
@@ -47,6 +54,10 @@ def render_study(scan: Scan, masks: list[np.ndarray] | None, folder: Path) -> No
         for i, pixels in enumerate(scan.pixels):
             unit = apply_window(pixels, window) if scan.is_hu else np.clip(pixels / 255.0, 0, 1)
             _png(folder / "slices" / window / f"{i}.png", (unit * 255).astype(np.uint8))
+    shutil.rmtree(folder / "overlays" / HEATMAP_OVERLAY, ignore_errors=True)  # none left from an earlier analysis
+    for m in heatmaps or []:
+        rgba = heatmap_rgba(m.heat, m.peak)
+        _png(folder / "overlays" / HEATMAP_OVERLAY / f"{m.slice_index}.png", rgba[..., [2, 1, 0, 3]])  # BGRA
     if masks is None:
         return
     np.savez_compressed(folder / "masks.npz", masks=np.stack(masks).astype(np.uint8))

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from strokescan.app.web.accounts import authenticate
 from strokescan.app.web.db import Feedback, Study, StudyStatus
-from strokescan.app.web.render import study_geometry, windows_for
+from strokescan.app.web.render import HEATMAP_OVERLAY, study_geometry, windows_for
 from strokescan.app.web.studies import create_study, study_folder, worklist_query
 from strokescan.app.web.uploads import UploadRejected
 from strokescan.core.labels import LESION_CLASSES, SUBTYPE_ABBREVIATIONS
@@ -85,8 +85,9 @@ def study(study_id: int):
         feedback = [(f.agrees, f.note, f.user.username, f.created_at) for f in study.feedback]
     result = study.result
     windows = windows_for(study_geometry(study_folder(_ctx()["settings"].instance_dir, study))["is_hu"]) if result else []
+    explained = [i for i, s in enumerate(result["slices"]) if s.get("explanation")] if result else []
     return render_template("study.html", study=study, result=result, feedback=feedback, windows=windows,
-                           classes=LESION_CLASSES,
+                           classes=LESION_CLASSES, explained=explained,
                            abbreviations=SUBTYPE_ABBREVIATIONS)
 
 
@@ -114,8 +115,8 @@ def slice_png(study_id: int, window: str, index: int):
 @bp.get("/studies/<int:study_id>/overlays/<name>/<int:index>.png")
 @login_required
 def overlay_png(study_id: int, name: str, index: int):
-    if name not in {c.label for c in LESION_CLASSES}:
-        abort(404)
+    if name not in {c.label for c in LESION_CLASSES} | {HEATMAP_OVERLAY}:
+        abort(404)  # a heat map exists for explained slices only: the others are 404 too
     return _cached_png(study_id, "overlays", name, f"{index}.png")
 
 

@@ -1,5 +1,6 @@
 // Study viewer: scroll slices (wheel, arrow keys, PgUp/PgDn, the probability strip), window presets, overlay
-// toggles and opacity. Slices and overlays are PNGs the server wrote once per study.
+// toggles and opacity, and the detector's heat map on the slices it explained (off until asked for). Slices and
+// overlays are PNGs the server wrote once per study.
 (function () {
   "use strict";
   const viewer = document.getElementById("viewer");
@@ -26,12 +27,23 @@
   const probability = document.getElementById("slice-probability");
   const bars = Array.from(document.querySelectorAll("#strip .bar"));
   const cursor = document.getElementById("cursor");
+  const heatmap = document.getElementById("heatmap");
+  const heatmapToggle = document.getElementById("heatmap-toggle");
+  const explained = new Set(heatmap ? heatmap.dataset.slices.split(",").map(Number) : []);
   let index = Number(viewer.dataset.start) || 0;
+
+  function showHeatmap() {
+    if (!heatmap) return;
+    const on = heatmapToggle.checked && explained.has(index);  // only explained slices have a heat map
+    if (on) heatmap.src = `${base}/overlays/heatmap/${index}.png`;
+    heatmap.classList.toggle("hidden", !on);
+  }
 
   function show(i) {
     index = Math.max(0, Math.min(n - 1, i));
     slice.src = `${base}/slices/${windowSelect.value}/${index}.png`;
     for (const o of overlays) o.src = `${base}/overlays/${o.dataset.class}/${index}.png`;
+    showHeatmap();
     number.textContent = String(index + 1);
     const bar = bars[index];
     if (bar) probability.textContent = `p(hemorrhage) = ${Number(bar.dataset.p).toFixed(3)}`;
@@ -56,5 +68,6 @@
   opacity.addEventListener("input", () => { for (const o of overlays) o.style.opacity = String(opacity.value / 100); });
   for (const bar of bars) bar.addEventListener("click", () => show(Number(bar.dataset.index)));
   for (const o of overlays) o.addEventListener("error", () => { o.classList.add("hidden"); });
+  if (heatmapToggle) heatmapToggle.addEventListener("change", showHeatmap);
   show(index);
 })();
