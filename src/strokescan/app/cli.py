@@ -102,6 +102,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return rc
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: answer yes or no")
+    return text.lower() == "yes"
+
+
+def _cmd_ich_score(args: argparse.Namespace) -> int:
+    from strokescan.inference.ich_score import ich_score, ich_score_for
+
+    if args.scan is not None:
+        result = Predictor(segment=True).analyse(
+            load_scan(args.scan, series=args.series))
+        score = ich_score_for(result, args.gcs, args.age, args.ivh, args.infratentorial, args.volume_ml)
+    else:
+        score = ich_score(args.gcs, args.age, args.volume_ml, args.ivh, args.infratentorial)
+    doc = score.to_dict()
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    for name, c in doc["components"].items():
+        value = c["value"]
+        value = "not given" if value is None else ("yes" if value else "no") if isinstance(value, bool) else value
+        points = "?" if c["points"] is None else c["points"]
+        print(f"  {name:<17} {str(value):<10} {points} / {c['max_points']}  {c['source'] or ''}")
+    if doc["total"] is None:
+        print(f"ICH score: incomplete ({', '.join(doc['missing'])} missing): between {doc['possible'][0]} and "
+              f"{doc['possible'][1]}")
+    else:
+        print(f"ICH score: {doc['total']} / 6 (30-day mortality in the 2001 derivation cohort: "
+              f"{doc['mortality_30d_percent_in_derivation_cohort']} %; a population figure, not this patient's prognosis)")
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
 def _cmd_listen(args: argparse.Namespace) -> int:
     """``strokescan listen``: the DICOM stack is imported only here (it adds about 1 s to every start)."""
     from strokescan.app.integration.listener import add_listen_arguments, run_listen
@@ -183,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="analyse the bundled sample slices (the README's first command)")
     add_model_options(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "ich-score", help="the ICH score from the bedside data and, given a scan, strokescan's clot volume",
+        description="The ICH score (Hemphill 2001, 0-6): GCS 3-4 = 2, 5-12 = 1; clot volume >= 30 mL; "
+        "intraventricular blood; infratentorial origin; age >= 80. With SCAN, the clot volume is strokescan's "
+        "planimetric measurement (when the scan's spacing is known; check it on the overlays, its accuracy is in "
+        "the segmenter's model card) unless --volume-ml is given. Intraventricular blood and infratentorial origin "
+        "come from the clinician only; what is not given leaves the score incomplete, with the range it could "
+        "take. Research software, not a diagnosis.")
+    p.add_argument("scan", nargs="?", metavar="SCAN", help="head CT to measure the clot on (optional)")
+    p.add_argument("--gcs", type=int, help="Glasgow Coma Scale total, 3-15")
+    p.add_argument("--age", type=int, help="age in years")
+    p.add_argument("--ivh", type=_yes_no, metavar="yes|no", help="intraventricular blood (the reader's call)")
+    p.add_argument("--infratentorial", type=_yes_no, metavar="yes|no", help="infratentorial origin (the reader's call)")
+    p.add_argument("--volume-ml", type=float, help="clot volume in mL (e.g. the reader's ABC/2): overrides the scan's")
+    p.add_argument("--series", help="series index or SeriesInstanceUID when SCAN holds several")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.set_defaults(func=_cmd_ich_score)
 
     add_web_commands(sub)
     p = sub.add_parser("listen", add_help=False, help="receive head CT by DICOM, analyse it, send DICOM SEG/SR "

@@ -1,0 +1,86 @@
+"""The ICH score: Hemphill 2001's points, where each value came from, incomplete scores, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from strokescan.app.cli import main
+from strokescan.config import SAMPLES_DIR
+from strokescan.errors import InputError
+from strokescan.inference.ich_score import gcs_points, ich_score, ich_score_for
+from strokescan.inference.quantification import quantify_series
+from strokescan.inference.results import ScanResult
+
+
+@pytest.mark.parametrize("gcs, points", [(3, 2), (4, 2), (5, 1), (12, 1), (13, 0), (15, 0)])
+def test_gcs_points_follow_hemphill(gcs, points):
+    assert gcs_points(gcs) == points
+
+
+def test_worked_example_and_the_cuts():
+    # GCS 9 (1) + 35 mL (1) + IVH (1) + supratentorial (0) + 82 years (1) = 4
+    s = ich_score(gcs=9, age=82, volume_ml=35, ivh=True, infratentorial=False)
+    assert s.total == 4 and s.to_dict()["mortality_30d_percent_in_derivation_cohort"] == 97
+    assert ich_score(gcs=15, age=79, volume_ml=29.9, ivh=False, infratentorial=False).total == 0
+    assert ich_score(gcs=3, age=80, volume_ml=30.0, ivh=True, infratentorial=True).total == 6
+
+
+def test_missing_components_leave_a_range_not_a_total():
+    s = ich_score(gcs=9, age=82, ivh=True)
+    d = s.to_dict()
+    assert s.total is None and d["missing"] == ["volume_ml", "infratentorial"] and d["possible"] == [3, 5]
+    assert d["mortality_30d_percent_in_derivation_cohort"] is None
+    assert ich_score().possible == (0, 6)
+
+
+@pytest.mark.parametrize("kwargs, words", [({"gcs": 2}, "3 to 15"), ({"gcs": 16}, "3 to 15"), ({"age": -1}, "age"),
+                                           ({"volume_ml": -3.0}, "negative")])
+def test_impossible_values_are_refused(kwargs, words):
+    with pytest.raises(InputError, match=words):
+        ich_score(**kwargs)
+
+
+def _result(clot_px: int, positive: bool, spacing=(0.5, 0.5)) -> ScanResult:
+    masks = [np.zeros((128, 128), np.uint8) for _ in range(3)]
+    masks[1].flat[:clot_px] = 1
+    return ScanResult(path="x", n_slices=3, slices=[], probability=0.9 if positive else 0.1, positive=positive,
+                      slice_threshold=0.5, scan_threshold=0.5, quantification=quantify_series(masks, spacing, 5.0))
+
+
+def test_the_measured_volume_is_strokescans_and_says_so():
+    r = _result(16000, positive=True)  # 16000 px x 0.25 mm2 x 5 mm = 20 mL
+    s = ich_score_for(r, gcs=14, age=60, ivh=False, infratentorial=False)
+    assert s.to_dict()["components"]["volume_ml"] == {"value": 20.0, "points": 0, "max_points": 1, "source": "strokescan"}
+    assert s.total == 0 and not s.notes
+    by_hand = ich_score_for(r, gcs=14, age=60, ivh=False, infratentorial=False, volume_ml=45)
+    assert by_hand.total == 1 and by_hand.components[1].source == "clinician"
+
+
+def test_a_volume_the_detector_does_not_back_is_flagged_for_checking():
+    assert "did not flag" in ich_score_for(_result(400, positive=False)).notes[0]
+    assert "outlined no clot" in ich_score_for(_result(0, positive=True)).notes[0]
+    no_spacing = ScanResult(path="x", n_slices=1, slices=[], probability=0.9, positive=True,
+                            slice_threshold=0.5, scan_threshold=0.5, quantification=quantify_series([np.ones((8, 8), np.uint8)]))
+    s = ich_score_for(no_spacing, gcs=9)
+    assert s.components[1].points is None and "spacing" in s.notes[0]
+
+
+def test_cli_prints_the_score_and_refuses_bad_answers(capsys):
+    assert main(["ich-score", "--gcs", "9", "--age", "82", "--ivh", "yes", "--infratentorial", "no",
+                 "--volume-ml", "35", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["total"] == 4 and doc["components"]["intraventricular"]["source"] == "clinician"
+    assert main(["ich-score", "--gcs", "2"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0  # one line
+    with pytest.raises(SystemExit) as exc:
+        main(["ich-score", "--ivh", "maybe"])
+    assert exc.value.code == 2
+
+
+def test_cli_measures_the_clot_on_a_real_series(capsys):
+    series = SAMPLES_DIR / "ge-hispeed-head-series.zip"
+    assert main(["ich-score", str(series), "--gcs", "14", "--age", "60", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    volume = doc["components"]["volume_ml"]
+    assert volume["source"] == "strokescan" and volume["value"] >= 0
+    assert doc["total"] is None and doc["missing"] == ["intraventricular", "infratentorial"]
