@@ -34,7 +34,7 @@ def test_missing_components_leave_a_range_not_a_total():
 
 
 @pytest.mark.parametrize("kwargs, words", [({"gcs": 2}, "3 to 15"), ({"gcs": 16}, "3 to 15"), ({"age": -1}, "age"),
-                                           ({"volume_ml": -3.0}, "negative")])
+                                           ({"volume_ml": -3.0}, "0 to 10000"), ({"volume_ml": float("nan")}, "0 to 10000")])
 def test_impossible_values_are_refused(kwargs, words):
     with pytest.raises(InputError, match=words):
         ich_score(**kwargs)
@@ -84,3 +84,44 @@ def test_cli_measures_the_clot_on_a_real_series(capsys):
     volume = doc["components"]["volume_ml"]
     assert volume["source"] == "strokescan" and volume["value"] >= 0
     assert doc["total"] is None and doc["missing"] == ["intraventricular", "infratentorial"]
+
+
+def test_the_viewer_computes_the_score_from_the_form_and_stores_nothing(tmp_path, monkeypatch):
+    import io
+    import re
+
+    from strokescan.app.web.commands import ensure_admin
+    from strokescan.app.web.server import WebSettings, create_app
+    from strokescan.inference import Predictor
+
+    def csrf(url: str) -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', client.get(url).text).group(1)
+
+    monkeypatch.setenv("STROKESCAN_ADMIN_PASSWORD", "ich-score-test-password")
+    predictor = Predictor(segment=True)
+    app = create_app(WebSettings(instance_dir=tmp_path / "instance", predictor_factory=lambda: predictor,
+                                 show_identifiers=False))
+    worker = app.extensions["strokescan"]["worker"]
+    try:
+        ensure_admin(app)
+        client = app.test_client()
+        client.post("/login", data={"username": "admin", "password": "ich-score-test-password", "csrf_token": csrf("/login")})
+        series = (SAMPLES_DIR / "ge-hispeed-head-series.zip").read_bytes()
+        r = client.post("/upload", data={"files": [(io.BytesIO(series), "series.zip")], "csrf_token": csrf("/upload")},
+                        content_type="multipart/form-data")
+        study_id = int(r.headers["Location"].rsplit("/", 1)[-1])
+        assert worker.wait_until_idle(300), "the job worker did not finish in time"
+        url = f"/studies/{study_id}/ich-score"
+        form = {"gcs": "9", "age": "82", "ivh": "yes", "infratentorial": "no", "volume_ml": "", "csrf_token": csrf(f"/studies/{study_id}")}
+        page = client.post(url, data=form)
+        assert page.status_code == 200
+        assert re.search(r"ICH score 3 / 6", page.text)  # GCS 9 (1) + IVH (1) + age 82 (1); the GE clot is < 30 mL
+        assert re.search(r"<td>volume_ml</td><td>[0-9.]+</td>\s*<td>0 / 1</td><td>strokescan</td>", page.text)
+        assert client.post(url, data={**form, "volume_ml": "31"}).text.count("ICH score 4 / 6") == 1
+        bad = client.post(url, data={**form, "gcs": "2"})
+        assert bad.status_code == 400 and "3 to 15" in bad.text
+        assert client.post(url, data={**form, "ivh": "maybe"}).status_code == 400
+        assert client.post(url, data={k: v for k, v in form.items() if k != "csrf_token"}).status_code == 400
+        assert "ICH score 3 / 6" not in client.get(f"/studies/{study_id}").text  # computed for the page only
+    finally:
+        worker.stop()

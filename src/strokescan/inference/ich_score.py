@@ -86,8 +86,8 @@ def ich_score(gcs: int | None = None, age: int | None = None, volume_ml: float |
     """The score from what is known; ``None`` = not given."""
     if age is not None and not 0 <= age <= 130:
         raise InputError(f"age {age}: expected years, 0 to 130")
-    if volume_ml is not None and volume_ml < 0:
-        raise InputError(f"clot volume {volume_ml} mL: cannot be negative")
+    if volume_ml is not None and not 0 <= volume_ml < 10_000:
+        raise InputError(f"clot volume {volume_ml} mL: expected 0 to 10000 mL")
     return IchScore([
         Component("gcs", gcs, None if gcs is None else gcs_points(gcs), 2, CLINICIAN if gcs is not None else None),
         Component("volume_ml", None if volume_ml is None else round(float(volume_ml), 1),
@@ -107,18 +107,25 @@ def measured_clot_ml(result: ScanResult) -> float | None:
     return float(q.classes["hemorrhage"].total)
 
 
-def ich_score_for(result: ScanResult, gcs: int | None = None, age: int | None = None, ivh: bool | None = None,
-                  infratentorial: bool | None = None, volume_ml: float | None = None) -> IchScore:
-    """The score of one analysed scan: the clinician's volume when given, else strokescan's measured one."""
+def ich_score_measured(measured_ml: float | None, flagged: bool, gcs: int | None = None, age: int | None = None,
+                       ivh: bool | None = None, infratentorial: bool | None = None,
+                       volume_ml: float | None = None) -> IchScore:
+    """The score with strokescan's measured clot volume (None: not measured), unless the clinician gives
+    ``volume_ml``; ``flagged``: whether the detector flagged the scan (a volume it does not back gets a note)."""
     if volume_ml is not None:
         return ich_score(gcs, age, volume_ml, ivh, infratentorial, CLINICIAN)
-    measured = measured_clot_ml(result)
-    score = ich_score(gcs, age, measured, ivh, infratentorial, STROKESCAN)
-    if measured is None:
-        score.notes.append("no clot volume: the scan was not segmented or its spacing is unknown; give --volume-ml")
-    elif measured > 0 and not result.positive:
-        score.notes.append(f"the detector did not flag this scan, yet the segmenter measured {measured:.1f} mL: "
+    score = ich_score(gcs, age, measured_ml, ivh, infratentorial, STROKESCAN)
+    if measured_ml is None:
+        score.notes.append("no clot volume: the scan was not segmented or its spacing is unknown; give the volume")
+    elif measured_ml > 0 and not flagged:
+        score.notes.append(f"the detector did not flag this scan, yet the segmenter measured {measured_ml:.1f} mL: "
                            "check the overlays (thin strips under the skull are a known false positive)")
-    elif result.positive and measured == 0:
+    elif flagged and measured_ml == 0:
         score.notes.append("the detector flagged this scan but the segmenter outlined no clot: measure it by hand")
     return score
+
+
+def ich_score_for(result: ScanResult, gcs: int | None = None, age: int | None = None, ivh: bool | None = None,
+                  infratentorial: bool | None = None, volume_ml: float | None = None) -> IchScore:
+    """The score of one analysed scan (:func:`ich_score_measured` with its clot volume and flag)."""
+    return ich_score_measured(measured_clot_ml(result), result.positive, gcs, age, ivh, infratentorial, volume_ml)

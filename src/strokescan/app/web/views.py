@@ -18,6 +18,8 @@ from strokescan.app.web.render import HEATMAP_OVERLAY, study_geometry, windows_f
 from strokescan.app.web.studies import create_study, study_folder, worklist_query
 from strokescan.app.web.uploads import UploadRejected
 from strokescan.core.labels import LESION_CLASSES, SUBTYPE_ABBREVIATIONS
+from strokescan.errors import InputError
+from strokescan.inference.ich_score import ich_score_measured
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ui", __name__)
@@ -79,7 +81,7 @@ def _study_or_404(session, study_id: int) -> Study:
 
 @bp.get("/studies/<int:study_id>")
 @login_required
-def study(study_id: int):
+def study(study_id: int, ich: dict | None = None):
     with _ctx()["sessions"]() as session:
         study = _study_or_404(session, study_id)
         feedback = [(f.agrees, f.note, f.user.username, f.created_at) for f in study.feedback]
@@ -87,8 +89,46 @@ def study(study_id: int):
     windows = windows_for(study_geometry(study_folder(_ctx()["settings"].instance_dir, study))["is_hu"]) if result else []
     explained = [i for i, s in enumerate(result["slices"]) if s.get("explanation")] if result else []
     return render_template("study.html", study=study, result=result, feedback=feedback, windows=windows,
-                           classes=LESION_CLASSES, explained=explained,
+                           classes=LESION_CLASSES, explained=explained, ich=ich,
                            abbreviations=SUBTYPE_ABBREVIATIONS)
+
+
+def _form_int(name: str) -> int | None:
+    text = (request.form.get(name) or "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise InputError(f"{name}: expected a whole number, got {text[:20]!r}")
+    return int(text)
+
+
+def _form_yes_no(name: str) -> bool | None:
+    text = request.form.get(name) or ""
+    if text not in {"", "yes", "no"}:
+        raise InputError(f"{name}: expected yes, no or blank")
+    return None if not text else text == "yes"
+
+
+@bp.post("/studies/<int:study_id>/ich-score")
+@login_required
+def ich_score(study_id: int):
+    """The ICH score from the form and this study's clot volume; computed for the page, never stored."""
+    with _ctx()["sessions"]() as session:
+        result = _study_or_404(session, study_id).result
+    if not result:
+        return error_page(409, "the study has no result yet")
+    volumes = result.get("volumes") or {}
+    measured = volumes["hemorrhage"]["volume"] if volumes.get("spacing_known") else None
+    try:
+        text = (request.form.get("volume_ml") or "").strip()
+        volume = float(text) if text else None
+        score = ich_score_measured(measured, bool(result["scan"]["positive"]), _form_int("gcs"), _form_int("age"),
+                                   _form_yes_no("ivh"), _form_yes_no("infratentorial"), volume)
+    except ValueError:
+        return error_page(400, "volume_ml: expected a number of mL")
+    except InputError as exc:
+        return error_page(400, str(exc))
+    return study(study_id, ich=score.to_dict())
 
 
 def _cached_png(study_id: int, *parts: str) -> Response:
