@@ -1,11 +1,13 @@
 """Last instance received -> SR stored in Orthanc, for the bundled 28-slice GE series, beside storescu's own
 transfer time, all on loopback in a private network namespace (see strokescan.app.integration.loopback).
 
-    sudo .venv/bin/python benchmarks/listener_latency.py [--quiet-seconds 2] [--model DIR] [--runs 2]
+    sudo .venv/bin/python benchmarks/listener_latency.py [--quiet-seconds 2] [--model DIR] [--runs 2] [--count-header]
 
 Run 1 is cold (the listener loads its models on the first series); later runs send the same pixels as new
 series (fresh UIDs), as a warm listener sees them. The quiet time (no instance for N seconds = series complete)
-is part of the latency: the GE headers do not say how many images the series has.
+is part of the latency: the GE headers do not say how many images the series has. With ``--count-header`` the
+copies carry ImagesInAcquisition, so the series completes when its 28th instance is in, without the quiet time.
+storescu's transfer time includes the listener's durable write and database row of every instance.
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ from strokescan.config import SAMPLES_DIR
 PORT = 11112
 
 
-def series_copy(folder: Path, names_data: list[tuple[str, bytes]], fresh: bool) -> list[Path]:
+def series_copy(folder: Path, names_data: list[tuple[str, bytes]], fresh: bool, count: int | None) -> list[Path]:
+    """The series in ``folder``: with fresh UIDs (``fresh``) and ImagesInAcquisition (``count``) when asked."""
     folder.mkdir(parents=True)
     series, study = generate_uid(), generate_uid()
     for name, data in names_data:
         path = folder / name
+        if not fresh and count is None:
+            path.write_bytes(data)
+            continue
+        ds = pydicom.dcmread(io.BytesIO(data))
         if fresh:
-            ds = pydicom.dcmread(io.BytesIO(data))
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.save_as(path)
-        else:
-            path.write_bytes(data)
+        if count is not None:
+            ds.ImagesInAcquisition = count
+        ds.save_as(path)
     return sorted(folder.glob("*.dcm"))
 
 
@@ -52,6 +58,8 @@ def main() -> int:
     parser.add_argument("--quiet-seconds", type=float, default=2.0)
     parser.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--count-header", action="store_true",
+                        help="set ImagesInAcquisition on the copies: completion by count, not by the quiet time")
     args = parser.parse_args()
     problem = missing_tools()
     if problem:
@@ -73,7 +81,8 @@ def main() -> int:
             print(listener.stdout.readline().strip())
             print(f"{'run':>4} {'storescu transfer s':>20} {'last instance -> SR in Orthanc s':>34}")
             for run in range(1, args.runs + 1):
-                files = series_copy(root / f"series{run}", names_data, fresh=run > 1)
+                files = series_copy(root / f"series{run}", names_data, fresh=run > 1,
+                                    count=len(names_data) if args.count_header else None)
                 before = count_sr(orthanc)
                 t0 = time.monotonic()
                 done = subprocess.run(["storescu", "-aet", "SCANNER", "-aec", "STROKESCAN", "127.0.0.1", str(PORT),
@@ -89,7 +98,8 @@ def main() -> int:
                     time.sleep(0.05)
                 t2 = time.monotonic()
                 note = "cold: models load" if run == 1 else "warm"
-                print(f"{run:>4} {t1 - t0:>20.2f} {t2 - t1:>34.2f}   ({note}; quiet time {args.quiet_seconds:g} s)")
+                completion = "count header" if args.count_header else f"quiet time {args.quiet_seconds:g} s"
+                print(f"{run:>4} {t1 - t0:>20.2f} {t2 - t1:>34.2f}   ({note}; {completion})")
         finally:
             listener.terminate()
             listener.wait(30)

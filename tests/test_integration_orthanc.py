@@ -1,5 +1,8 @@
 """Real peers on loopback: DCMTK storescu as the scanner, the listener as a process, Orthanc as the PACS.
 
+Covered here: results in Orthanc, SIGKILL mid-series (files and database rows agree), concurrent associations,
+completion by the ImagesInAcquisition count, JPEG lossless and RLE transfer syntaxes (DCMTK-compressed copies).
+
 All of it runs in a private network namespace that holds only ``lo`` (Orthanc binds every address; there that
 means loopback only). Skipped, with the reason, without Orthanc, DCMTK or root.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +25,13 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import save_untrained_classifier, wait_for
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
+from strokescan.app.integration.listener import hashed
 from strokescan.app.integration.loopback import missing_tools, private_loopback, start_orthanc
+from strokescan.app.web.db import ReceivedInstance, Study, StudyStatus, make_engine, session_factory
 from strokescan.config import SAMPLES_DIR
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=f"real DICOM peers unavailable: {missing_tools()}")
@@ -64,7 +72,7 @@ class ListenerProcess:
             [sys.executable, "-m", "strokescan.app.integration.listener", "--instance-dir", str(instance),
              "--port", str(LISTEN_PORT), "--quiet-seconds", str(quiet), "--allow", "SCANNER",
              "--dest", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--model", str(model)],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, "STROKESCAN_TORCH_THREADS": "2"})
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env={"STROKESCAN_TORCH_THREADS": "2", **os.environ})
         line = self.process.stdout.readline()
         assert line.startswith("strokescan listen:"), f"listener did not start: {line!r}"
 
@@ -94,8 +102,10 @@ def listeners(namespace, tmp_path: Path, model: Path):
         proc.stop()
 
 
-def storescu(files: list[Path], calling: str = "SCANNER", background: bool = False):
-    args = ["storescu", "-v", "-aet", calling, "-aec", "STROKESCAN", "127.0.0.1", str(LISTEN_PORT), *map(str, files)]
+def storescu(files: list[Path], calling: str = "SCANNER", background: bool = False, options: tuple[str, ...] = ()):
+    """DCMTK's storescu sending ``files`` to the listener; ``options``: e.g. ``("-xs",)`` (propose JPEG lossless)."""
+    args = ["storescu", "-v", *options, "-aet", calling, "-aec", "STROKESCAN", "127.0.0.1", str(LISTEN_PORT),
+            *map(str, files)]
     if background:
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
@@ -107,6 +117,38 @@ def acknowledged(output: str) -> int:
 
 def inbox_files(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "instance" / "dicom-inbox").glob("*/instances/*.dcm"))
+
+
+def series_copies(files: list[Path], folder: Path, **attributes) -> list[Path]:
+    """Copies of ``files`` in ``folder`` as a new series (fresh series and instance UIDs), ``attributes`` set."""
+    folder.mkdir()
+    series = generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(folder / f.name)
+    return sorted(folder.glob("*.dcm"))
+
+
+def listener_db(tmp_path: Path) -> sessionmaker:
+    """Sessions on the listener process's database (the one of its instance folder)."""
+    return session_factory(make_engine(f"sqlite:///{tmp_path / 'instance' / 'strokescan.db'}"))
+
+
+def instance_rows(sessions: sessionmaker) -> list[ReceivedInstance]:
+    with sessions() as session:
+        return list(session.scalars(select(ReceivedInstance)))
+
+
+def rows_match_files(sessions: sessionmaker, tmp_path: Path) -> None:
+    """One row per inbox file and one file per row, no SOP Instance UID twice."""
+    rows = instance_rows(sessions)
+    inbox = tmp_path / "instance" / "dicom-inbox"
+    assert sorted(r.inbox_path for r in rows) == sorted(str(p.relative_to(inbox)) for p in inbox_files(tmp_path))
+    assert len({r.sop_instance_sha256 for r in rows}) == len(rows)
 
 
 def received(orthanc) -> dict[str, pydicom.Dataset]:
@@ -166,7 +208,10 @@ def test_sigkill_mid_series_loses_nothing_and_sends_once(orthanc, listeners, ge_
     for path in on_disk:
         pydicom.dcmread(path)  # and complete
     assert not [p for p in (tmp_path / "instance" / "dicom-inbox").glob("*/instances/*") if p.suffix != ".dcm"]
+    db = listener_db(tmp_path)
+    assert acked <= len(instance_rows(db)) <= len(on_disk)  # every acknowledged one has its row
     listeners(orthanc, quiet=2.0)
+    rows_match_files(db, tmp_path)  # the restart recorded files the kill left without a row
     run = storescu(files)  # the scanner sends the series again
     assert run.returncode == 0
     wait_for(lambda: len(orthanc.instances()) >= 3, 120, "the results in Orthanc")
@@ -178,21 +223,13 @@ def test_sigkill_mid_series_loses_nothing_and_sends_once(orthanc, listeners, ge_
     assert len(sent) == 1
     logs = "".join(p.read_text() for p in tmp_path.glob("listener-*.log"))
     assert logs.count("results sent to ORTHANC") == 1
+    rows_match_files(db, tmp_path)
+    assert len(instance_rows(db)) == 28
 
 
 def test_four_concurrent_associations(orthanc, listeners, ge_folder: Path, tmp_path: Path):
     listeners(orthanc)
-    series_files = []
-    for k in range(4):
-        folder = tmp_path / f"series{k}"
-        folder.mkdir()
-        series = generate_uid()
-        for f in sorted(ge_folder.glob("*.dcm"))[8:14]:
-            ds = pydicom.dcmread(f)
-            ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.save_as(folder / f.name)
-        series_files.append(sorted(folder.glob("*.dcm")))
+    series_files = [series_copies(sorted(ge_folder.glob("*.dcm"))[8:14], tmp_path / f"series{k}") for k in range(4)]
     senders = [storescu(files, background=True) for files in series_files]
     outputs = [s.communicate(timeout=60)[0] for s in senders]
     assert [acknowledged(o) for o in outputs] == [6] * 4 and all(s.returncode == 0 for s in senders)
@@ -201,3 +238,73 @@ def test_four_concurrent_associations(orthanc, listeners, ge_folder: Path, tmp_p
     time.sleep(1.5)
     assert orthanc.get("/statistics")["CountInstances"] == 12
     assert len(list((tmp_path / "instance" / "dicom-inbox").glob("*/sent.json"))) == 4
+
+
+def test_count_in_header_completes_without_the_quiet_time(orthanc, listeners, ge_folder: Path, tmp_path: Path):
+    """ImagesInAcquisition on every instance: the series is queued when the 28th arrives, not 60 s later."""
+    quiet = 60.0
+    listeners(orthanc, quiet=quiet)
+    files = series_copies(sorted(ge_folder.glob("*.dcm")), tmp_path / "counted", ImagesInAcquisition=28)
+    run = storescu(files)
+    sent = time.monotonic()
+    assert run.returncode == 0 and acknowledged(run.stdout + run.stderr) == 28, run.stdout + run.stderr
+    db = listener_db(tmp_path)
+
+    def queued() -> bool:
+        with db() as session:
+            return session.scalar(select(Study.id)) is not None
+
+    wait_for(queued, 10, "the series to be queued by its count")
+    queued_after = time.monotonic() - sent
+    wait_for(lambda: len(orthanc.instances()) >= 3, 45, "SEG, SR and key image in Orthanc, before the quiet time")
+    print(f"count completion: queued {queued_after:.2f} s and results in Orthanc {time.monotonic() - sent:.2f} s "
+          f"after the last instance (quiet time {quiet:g} s)")
+    assert sorted(received(orthanc)) == ["OT", "SEG", "SR"]
+    rows_match_files(db, tmp_path)
+
+
+@pytest.mark.skipif(not (shutil.which("dcmcjpeg") and shutil.which("dcmcrle")), reason="DCMTK dcmcjpeg/dcmcrle missing")
+def test_compressed_transfer_syntaxes_give_the_same_result(orthanc, listeners, ge_folder: Path, tmp_path: Path):
+    """JPEG lossless (dcmcjpeg) and RLE (dcmcrle) copies, sent compressed: accepted, stored as sent, and analysed
+    to the same probability and the same segmentation as the uncompressed series."""
+    listeners(orthanc)
+    ge = sorted(ge_folder.glob("*.dcm"))
+    plain = series_copies(ge, tmp_path / "plain")
+    sent = {"1.2.840.10008.1.2.1": plain}  # the GE files' explicit VR little endian
+    for syntax, tool in ((JPEGLosslessSV1, "dcmcjpeg"), (RLELossless, "dcmcrle")):
+        folder = tmp_path / tool
+        folder.mkdir()
+        for f in series_copies(ge, tmp_path / f"{tool}-source"):
+            subprocess.run([tool, str(f), str(folder / f.name)], check=True, capture_output=True, timeout=30)
+        sent[syntax] = sorted(folder.glob("*.dcm"))
+        compressed = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in sent[syntax]}
+        assert compressed == {syntax}
+    for syntax, files in sent.items():
+        options = {JPEGLosslessSV1: ("-xs",), RLELossless: ("-xr",)}.get(syntax, ())
+        run = storescu(files, options=options)
+        assert run.returncode == 0 and acknowledged(run.stdout + run.stderr) == 28, run.stdout + run.stderr
+    wait_for(lambda: len(orthanc.instances()) >= 9, 240, "three results in Orthanc")
+    db = listener_db(tmp_path)
+    rows = instance_rows(db)
+    inbox = tmp_path / "instance" / "dicom-inbox"
+    with db() as session:
+        done = {s.upload_dir.split("/")[-1]: s for s in session.scalars(select(Study))}
+    segs = {}
+    for instance in orthanc.instances():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance}/file")))
+        if ds.Modality == "SEG":
+            segs[str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)] = ds.pixel_array
+    probabilities = {}
+    for syntax, files in sent.items():
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        key = hashed(first.StudyInstanceUID, first.SeriesInstanceUID)
+        stored = sorted((inbox / key / "instances").glob("*.dcm"))
+        assert len(stored) == 28
+        assert {pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for p in stored} == {syntax}
+        assert {r.transfer_syntax_uid for r in rows if r.series_key == key} == {syntax}
+        assert done[key].status == StudyStatus.DONE and done[key].n_slices == 28
+        probabilities[syntax] = done[key].probability
+        assert np.array_equal(segs[first.SeriesInstanceUID], segs[pydicom.dcmread(plain[0]).SeriesInstanceUID])
+    reference = probabilities.pop("1.2.840.10008.1.2.1")
+    assert all(abs(p - reference) <= 1e-6 for p in probabilities.values()), (reference, probabilities)
+    rows_match_files(db, tmp_path)

@@ -5,10 +5,12 @@ Design (docs/integration.md):
 
 * **The inbox on disk is the truth.** Every instance is written to ``<instance>/dicom-inbox/<series>/instances/
   <sop>.dcm`` (names are hashes of the UIDs, never patient data): a temporary file, ``fsync``, rename, ``fsync``
-  of the folder, all BEFORE the C-STORE success status goes back. A SIGKILL loses nothing that was acknowledged.
+  of the folder, then a :class:`~strokescan.app.web.db.ReceivedInstance` row in the web app's database (hashes,
+  the calling AE, SOP class, transfer syntax, size, status), all BEFORE the C-STORE success status goes back. A
+  SIGKILL loses nothing that was acknowledged; at start-up, files a crash left without a row get one.
 * **Completion.** A series is complete when no instance has arrived for ``quiet_seconds`` (or, when the header
-  says how many images the acquisition has, when that many are in). It then becomes a ``Study`` row of the web
-  app's database (kind ``dicom``, label ``DICOM from <calling AE> <id>``), so the web app's
+  says how many images the acquisition has (ImagesInAcquisition), as soon as that many are in). It then becomes
+  a ``Study`` row of the web app's database (kind ``dicom``, label ``DICOM from <calling AE> <id>``), so the web app's
   :class:`~strokescan.app.web.jobs.JobWorker` analyses it exactly like an upload and its worklist lists it.
   Whether a series is queued is looked up in that table (by its folder), so a restart never queues it twice.
 * **Results.** The worker's ``on_done`` hook builds SEG/SR/key image (deterministic UIDs per series), keeps them
@@ -16,7 +18,8 @@ Design (docs/integration.md):
   delivery, and a series with that file is never sent again. A periodic sweep sends what a crash or an
   unreachable destination left unsent (studies analysed by another worker, e.g. the web app's, included).
   A series the models were not made for (not CT, not head...) fails its job with the reason; the sweep
-  records that in ``<series>/skipped.json`` and sends nothing.
+  records that in ``<series>/skipped.json`` and sends nothing. The instances' rows say ``analysed`` (a slice
+  of the analysed volume) or ``skipped`` with the reason.
 * **Log lines** name a series by its hash and the calling AE title, never a patient identifier or a UID.
 """
 
@@ -44,11 +47,21 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from strokescan.app.integration.dicom_results import build_result_objects
 from strokescan.app.integration.fhir import FhirSettings, deliver
-from strokescan.app.web.db import Study, StudyStatus, make_engine, session_factory, upgrade_database
+from strokescan.app.web.db import (
+    InstanceStatus,
+    ReceivedInstance,
+    Study,
+    StudyStatus,
+    make_engine,
+    session_factory,
+    upgrade_database,
+    utcnow,
+)
 from strokescan.app.web.jobs import JobWorker, requeue_interrupted
 from strokescan.inference import Predictor, ScanResult
 
@@ -59,6 +72,7 @@ SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC210  # the dataset cannot be decoded (pynetdicom's own code in the 0xCxxx "cannot understand")
 MISSING_ATTRIBUTES = 0xA900  # "dataset does not match SOP class": a required UID is missing or disagrees
 OUT_OF_RESOURCES = 0xA700  # the instance could not be written to disk
+LATE = "arrived after its series was queued"  # the reason of an instance's row
 #: C-STORE statuses of the destination that mean "stored" (success and the warnings)
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
@@ -69,6 +83,14 @@ _UID = re.compile(r"(?=.{1,64}$)[0-9]+(\.[0-9]+)*")
 def hashed(*uids: str) -> str:
     """A neutral name for a UID (or a tuple of them): 24 hex digits of their sha256."""
     return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:24]
+
+
+def images_in_acquisition(value: object) -> int | None:
+    """The ImagesInAcquisition count of a header value, when it is a usable one (more than one image)."""
+    with contextlib.suppress(TypeError, ValueError):
+        if value not in (None, "") and int(value) > 1:
+            return int(value)
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -187,7 +209,7 @@ class Listener:
         upgrade_database(settings.database_url)
         self.sessions = session_factory(make_engine(settings.database_url))
         self._queued: set[str] = set()  # series folders (relative) known to have a Study row
-        self._expected: dict[Path, int] = {}  # series folder -> images in the acquisition, when the header says
+        self._expected: dict[Path, int | None] = {}  # series folder -> images in the acquisition (header)
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
@@ -209,6 +231,7 @@ class Listener:
         except OSError:
             raise RuntimeError("another listener is using this inbox") from None
         requeue_interrupted(self.sessions)
+        self.record_inbox()
         self._started = time.time()
         if self.settings.run_worker:
             self.worker = JobWorker(self.sessions, self.instance_dir, self.settings.predictor_factory,
@@ -252,7 +275,7 @@ class Listener:
         try:
             ds = event.dataset
             uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-            expected = ds.get("ImagesInAcquisition")
+            expected = images_in_acquisition(ds.get("ImagesInAcquisition"))
         except Exception as exc:  # noqa: BLE001 - a malformed dataset can make the decoder raise anything
             log.warning("C-STORE from %s refused: the dataset cannot be decoded (%s)", calling, type(exc).__name__)
             return CANNOT_UNDERSTAND
@@ -265,19 +288,104 @@ class Listener:
         if uids[2] != str(event.request.AffectedSOPInstanceUID).strip():
             log.warning("C-STORE from %s refused: the SOP Instance UID differs from the request's", calling)
             return MISSING_ATTRIBUTES
+        folder = self.inbox.series_dir(uids[0], uids[1])
+        late = self._rel(folder) in self._queued
         try:
-            path = self.inbox.store(event.encoded_dataset(include_meta=True), *uids, calling_ae=calling)
+            data = event.encoded_dataset(include_meta=True)
+            path = self.inbox.store(data, *uids, calling_ae=calling)
         except OSError as exc:
             log.error("C-STORE from %s: cannot write the instance (%s)", calling, type(exc).__name__)
             return OUT_OF_RESOURCES
-        folder = path.parent.parent
-        with contextlib.suppress(TypeError, ValueError):
-            if expected not in (None, "") and int(expected) > 1:
-                self._expected[folder] = int(expected)
-        if str(folder.relative_to(self.instance_dir)) in self._queued:
+        status, reason = (InstanceStatus.SKIPPED, LATE) if late else (InstanceStatus.RECEIVED, None)
+        try:
+            self._record(self._row(path, uids[2], calling, str(event.context.abstract_syntax),
+                                   str(event.context.transfer_syntax), len(data), status, reason))
+        except SQLAlchemyError as exc:  # the file is kept: a resend, or the next start, records it
+            log.error("C-STORE from %s: cannot record the instance in the database (%s)", calling, type(exc).__name__)
+            return OUT_OF_RESOURCES
+        if expected is not None:
+            self._expected[folder] = expected
+        if late:
             log.warning("series %s: an instance arrived after the series was queued; it is kept, not analysed",
                         folder.name[:8])
         return SUCCESS
+
+    # ---- the database record of each instance -----------------------------------------------------------------
+    def _row(self, path: Path, sop_uid: str, calling_ae: str, sop_class: str, transfer_syntax: str, n_bytes: int,
+             status: InstanceStatus = InstanceStatus.RECEIVED, reason: str | None = None,
+             received_at: datetime | None = None) -> ReceivedInstance:
+        """The row of one instance file of the inbox."""
+        return ReceivedInstance(
+            series_key=path.parent.parent.name, sop_instance_sha256=hashlib.sha256(sop_uid.encode()).hexdigest(),
+            calling_ae=calling_ae, sop_class_uid=sop_class, transfer_syntax_uid=transfer_syntax,
+            inbox_path=str(path.relative_to(self.inbox.root)), n_bytes=n_bytes, received_at=received_at or utcnow(),
+            status=status, reason=reason)
+
+    def _record(self, row: ReceivedInstance, resend_updates: bool = True) -> None:
+        """Insert ``row``. A resend of the instance (same SOP Instance UID hash) keeps the one row: with
+        ``resend_updates`` its description of the file (size, transfer syntax...) is brought up to date."""
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            if not resend_updates:
+                return
+            fields = ("series_key", "calling_ae", "sop_class_uid", "transfer_syntax_uid", "inbox_path", "n_bytes")
+            with self.sessions.begin() as session:
+                changed = session.execute(update(ReceivedInstance).where(
+                    ReceivedInstance.sop_instance_sha256 == row.sop_instance_sha256).values(
+                    {f: getattr(row, f) for f in fields})).rowcount
+            if changed != 1:  # not a duplicate: another constraint failed
+                raise
+
+    def record_inbox(self) -> None:
+        """Give a row to every inbox file without one: a crash between a file's fsync and its row, or an inbox
+        older than the table. The status follows the series: sent (analysed), skipped (with its reason) or not
+        yet analysed (received)."""
+        with self.sessions() as session:
+            known = set(session.scalars(select(ReceivedInstance.inbox_path)))
+        for folder in self.inbox.series():
+            missing = [p for p in self.inbox.instances(folder) if str(p.relative_to(self.inbox.root)) not in known]
+            if not missing:
+                continue
+            status, reason = InstanceStatus.RECEIVED, None
+            if (folder / "skipped.json").exists():
+                status, reason = InstanceStatus.SKIPPED, "skipped (see skipped.json)"
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    reason = str(json.loads((folder / "skipped.json").read_text())["reason"])
+            elif (folder / "sent.json").exists():
+                status = InstanceStatus.ANALYSED
+            for path in missing:
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+                    stat = path.stat()
+                    row = self._row(path, str(ds.SOPInstanceUID), self.inbox.calling_ae(folder),
+                                    str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID),
+                                    stat.st_size, status, reason,
+                                    datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None))
+                except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the listener
+                    log.warning("series %s: an inbox file cannot be read for its record (%s)", folder.name[:8],
+                                type(exc).__name__)
+                    continue
+                self._record(row, resend_updates=False)
+            log.info("series %s: %d instance(s) recorded from the inbox", folder.name[:8], len(missing))
+
+    def _mark_analysed(self, folder: Path, names: set[str]) -> None:
+        """The rows of the files named ``names`` become analysed; the series' other rows still ``received``
+        become skipped (files the reader left out of the volume)."""
+        key = folder.name
+        rows = update(ReceivedInstance).where(ReceivedInstance.series_key == key)
+        with self.sessions.begin() as session:
+            session.execute(rows.where(ReceivedInstance.inbox_path.in_([f"{key}/instances/{n}" for n in sorted(names)]))
+                            .values(status=InstanceStatus.ANALYSED, reason=None))
+            session.execute(rows.where(ReceivedInstance.status == InstanceStatus.RECEIVED)
+                            .values(status=InstanceStatus.SKIPPED, reason="not a slice of the analysed volume"))
+
+    def _mark_skipped(self, folder: Path, reason: str) -> None:
+        """Every row of the series becomes skipped with ``reason``."""
+        with self.sessions.begin() as session:
+            session.execute(update(ReceivedInstance).where(ReceivedInstance.series_key == folder.name)
+                            .values(status=InstanceStatus.SKIPPED, reason=reason))
 
     # ---- completion and results ---------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -295,12 +403,23 @@ class Listener:
             return session.scalar(select(Study).where(Study.upload_dir == self._rel(folder)).order_by(Study.id))
 
     def _complete(self, folder: Path) -> bool:
-        expected = self._expected.get(folder)
+        if folder not in self._expected:  # after a restart: read the count again from one instance
+            self._expected[folder] = self._count_on_disk(folder)
+        expected = self._expected[folder]
         if expected and len(self.inbox.instances(folder)) >= expected:
             return True
         # after a (re)start, senders cut off by it get a full quiet time to send again
         last = max(self.inbox.last_arrival(folder), self._started)
         return time.time() - last >= self.settings.quiet_seconds
+
+    def _count_on_disk(self, folder: Path) -> int | None:
+        """ImagesInAcquisition of the series' first instance on disk (None when absent or unreadable)."""
+        files = self.inbox.instances(folder)
+        try:
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["ImagesInAcquisition"])
+        except Exception:  # noqa: BLE001 - no file, or one pydicom cannot read: completion by quiet time
+            return None
+        return images_in_acquisition(ds.get("ImagesInAcquisition"))
 
     def queue(self, folder: Path) -> int:
         """The series' Study row (created queued when there is none yet); returns its id."""
@@ -338,6 +457,7 @@ class Listener:
             if study is None:
                 continue
             if study.status == StudyStatus.FAILED:
+                self._mark_skipped(folder, study.error or "the analysis failed")
                 write_durably(folder / "skipped.json", json.dumps(
                     {"study_id": study.id, "reason": study.error, "at": _now()}).encode())
                 log.info("series %s: skipped: %s", folder.name[:8], study.error)
@@ -392,6 +512,7 @@ class Listener:
                 ds.save_as(buffer, enforce_file_format=True)
                 write_durably(path, buffer.getvalue())
                 paths.append(path)
+            self._mark_analysed(folder, {Path(s.split("#")[0]).name for s in scan.slice_sources})
             write_durably(results / "complete", b"")
             log.info("series %s: result objects built in %.2f s", folder.name[:8], time.monotonic() - started)
             if self.settings.fhir is not None:

@@ -1,9 +1,10 @@
-"""The web app's database: users, API tokens, studies (each one upload and its analysis job) and reader
-feedback, as SQLAlchemy 2 models. The schema is made and upgraded by Alembic (``migrations/``), never by
-``create_all``, so that an operator's database follows every release.
+"""The web app's database: users, API tokens, studies (each one upload and its analysis job), reader
+feedback and the DICOM instances ``strokescan listen`` received, as SQLAlchemy 2 models. The schema is made and
+upgraded by Alembic (``migrations/``), never by ``create_all``, so that an operator's database follows every
+release.
 
 No column holds a patient identifier: a study has a neutral label and the result document, which never carries
-identifiers (see :mod:`strokescan.inference.results`).
+identifiers (see :mod:`strokescan.inference.results`); a received instance is named by hashes of its UIDs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -119,6 +132,36 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     study: Mapped[Study] = relationship(back_populates="feedback")
     user: Mapped[User] = relationship()
+
+
+class InstanceStatus(str, enum.Enum):
+    """What became of a received DICOM instance."""
+
+    RECEIVED = "received"  # on disk; its series is not analysed yet
+    ANALYSED = "analysed"  # a slice of the analysed volume
+    SKIPPED = "skipped"  # kept, not analysed: ``reason`` says why
+
+
+class ReceivedInstance(Base):
+    """One DICOM instance the listener stored: written after its file is on disk, before the C-STORE success.
+
+    No UID or other header value that could identify a patient: the SOP Instance UID only as its sha256 (a
+    resend of the same instance updates its row), the series by the listener's hashed folder name."""
+
+    __tablename__ = "received_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_key: Mapped[str] = mapped_column(String(24), index=True)  # the inbox folder: sha256 of study + series UID
+    sop_instance_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))  # a standard UID (CT Image Storage...), not identifying
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))  # as received (and as stored)
+    inbox_path: Mapped[str] = mapped_column(String(500))  # relative to the inbox: <series>/instances/<hash>.dcm
+    n_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    status: Mapped[InstanceStatus] = mapped_column(Enum(InstanceStatus, native_enum=False, length=16),
+                                                   default=InstanceStatus.RECEIVED, index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # one line, when skipped
 
 
 def alembic_config(url: str) -> Config:
