@@ -191,6 +191,10 @@ def test_refusals(peers, tmp_path: Path, caplog, monkeypatch):
     meta_end = raw.index(b"\x08\x00\x05\x00")  # first dataset element after the file meta
     bad.write_bytes(raw[:meta_end] + b"\x08\x00\x18\x00ZZ\x04\x00" + b"1.23" + b"\x10\x00\x10\x00PN\x04\x00abcd")
     caplog.set_level(logging.WARNING)
+    listener_log = logging.getLogger("strokescan.app.integration.listener")
+    # a library's logging.config call earlier in the session can disable existing loggers; the refusals must log
+    monkeypatch.setattr(listener_log, "disabled", False)
+    monkeypatch.setattr(listener_log, "propagate", True)
     ae = AE(ae_title="SCANNER")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKESCAN")
@@ -203,7 +207,8 @@ def test_refusals(peers, tmp_path: Path, caplog, monkeypatch):
     status3 = assoc.send_c_store(odd_uid)
     assoc.release()
     assert int(status.Status) == 0xC210 and int(status2.Status) == 0xA900 and int(status3.Status) == 0xA900
-    assert "cannot be decoded" in caplog.text and "lacks a study, series or instance UID" in caplog.text
+    assert "cannot be decoded" in caplog.text and "lacks a study, series or instance UID" in caplog.text, (
+        f"listener log: level {listener_log.getEffectiveLevel()}, handlers {logging.getLogger().handlers}")
     assert "REMOVED" not in caplog.text and good.SOPInstanceUID not in caplog.text
     assert listener.inbox.series() == [] and instance_rows(listener) == []
 
