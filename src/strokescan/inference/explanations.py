@@ -180,6 +180,11 @@ def model_frame_maps(model: SliceClassifier, x: torch.Tensor, method: str = "gra
     return _normalise(np.concatenate(maps)), scores.numpy()
 
 
+def load_backend() -> None:
+    """Import the explanation library now (MONAI's first import takes seconds), e.g. while a server is idle."""
+    import monai.visualize  # noqa: F401
+
+
 def heat_to_input_grid(heat: np.ndarray, box: Box, rotation_deg: float, shape: tuple[int, int]) -> np.ndarray:
     """A continuous (S, S) model-frame map -> (rows, cols) on the input grid: the mapping of
     :func:`~strokescan.core.geometry.from_model_frame` (resize to the crop box, paste, turn back), linear."""

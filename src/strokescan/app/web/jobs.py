@@ -22,6 +22,7 @@ from strokescan.app.web.db import Study, StudyStatus, utcnow
 from strokescan.app.web.render import render_study
 from strokescan.errors import StrokescanError
 from strokescan.inference import Predictor, ScanResult
+from strokescan.inference.explanations import load_backend
 from strokescan.io import load_scan
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def one_line(error: Exception, instance_dir: Path) -> str:
 
 
 class JobWorker(threading.Thread):
-    """Runs queued analyses one at a time until :meth:`stop`; the Predictor is built on first use."""
+    """Runs queued analyses one at a time until :meth:`stop`. The Predictor and the explanation library are
+    loaded when the thread starts (so the first study does not wait for them); a failure there is retried on the
+    first study, which then fails with the reason."""
 
     def __init__(self, sessions: sessionmaker, instance_dir: Path, predictor_factory: Callable[[], Predictor],
                  show_identifiers: bool = False, poll_seconds: float = 0.5,
@@ -92,7 +95,16 @@ class JobWorker(threading.Thread):
             self.idle.wait(min(1.0, max(0.0, deadline - time.monotonic())))
         return False
 
+    def _warm_up(self) -> None:
+        try:
+            self._predictor = self._factory()
+            load_backend()
+        except Exception as exc:  # noqa: BLE001 - reported by the first study, which tries again
+            log.warning("models not loaded at start: %s", one_line(exc, self.instance_dir))
+            self._predictor = None
+
     def run(self) -> None:
+        self._warm_up()
         while not self._stop_event.is_set():
             study_id = claim_next(self.sessions)
             if study_id is None:
