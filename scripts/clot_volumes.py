@@ -70,7 +70,11 @@ def patient_volumes(rows: pd.DataFrame, predictor: Predictor, baseline_k: float)
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:
-    lines = [f"Held-out CT-ICH patients with a reference clot of at least {MIN_REFERENCE_ML:g} mL: {len(table)} "
+    lines = ["# Per-patient clot volume and ABC/2 on held-out CT-ICH patients", "",
+             "    .venv/bin/python scripts/clot_volumes.py " + " ".join(sys.argv[1:]), "",
+             "Each JPEG is read and segmented as `strokescan predict` does (rotation per image), so the planimetric "
+             "figures differ a little from clot_figures.md (cached model-frame inputs, rotation per patient).", "",
+             f"Held-out CT-ICH patients with a reference clot of at least {MIN_REFERENCE_ML:g} mL: {len(table)} "
              f"(folds {', '.join(str(f) for f in sorted(table['fold'].unique()))}); assumed voxel "
              f"{CTICH_JPEG_PIXEL_MM:.3f} x {CTICH_JPEG_PIXEL_MM:.3f} x {CTICH_SLICE_MM:g} mm.", "",
              "| measurement vs reference planimetric volume | patients | within 25 % | mean difference (mL) | "

@@ -43,7 +43,7 @@ def _public_set(text: str) -> tuple[str, Path]:
 
 
 def _group_weights(text: str) -> dict[str, float]:
-    """``hemorrhage=0.45,edema=0.2,...`` -> {group: share}; every sampling group named once, shares > 0."""
+    """``hemorrhage=0.45,edema=0.2,...`` -> {group: share}; every sampling group named once, shares non-negative and not all 0."""
     from strokescan.core.labels import LESION_CLASSES
 
     groups = {c.label for c in LESION_CLASSES} | {"negative"}
