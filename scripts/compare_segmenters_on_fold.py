@@ -36,7 +36,7 @@ def _table(run_dir: Path, fold: int, models: dict[str, Path]) -> pd.DataFrame:
         model, plan = load_segmenter(folder)
         data = build_cache(manifest, plan.slice_plan)
         part = data.subset(np.nonzero(data.rows["patient"].map(fold_of(folds)).to_numpy() == fold)[0])
-        t = evaluate_on(model, part, baseline_k=2.0)
+        t = evaluate_on(model, part, baseline_k=2.0, plan=plan)
         t.loc[t["method"] == "unet", "method"] = name
         tables.append(t if not tables else t[t["method"] == name])
     return pd.concat(tables, ignore_index=True)

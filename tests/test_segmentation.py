@@ -636,3 +636,37 @@ def test_fine_tuning_split_check_allows_declared_new_patients_only():
         _check_same_split(plan, hidden, (0,))  # declaring an old patient "new" cannot hide that it moved
     with pytest.raises(DataError, match="would leak"):
         _check_same_split(plan, old, (1,))  # another held-out fold
+
+
+def test_clot_decision_weights_the_clot_and_drops_weak_components():
+    from strokescan.inference.segmenter import decide_clot
+
+    probs = np.zeros((4, 20, 20), np.float32)
+    probs[0] = 1.0
+    probs[:, 2:5, 2:5], probs[HEMORRHAGE, 2:5, 2:5], probs[0, 2:5, 2:5] = 0, 0.65, 0.35  # weak clot (peak 0.65)
+    probs[:, 10:15, 10:15], probs[HEMORRHAGE, 10:15, 10:15], probs[EDEMA, 10:15, 10:15] = 0, 0.95, 0.05  # sure clot
+    probs[:, 17:19, 17:19], probs[HEMORRHAGE, 17:19, 17:19], probs[EDEMA, 17:19, 17:19] = 0, 0.4, 0.6  # edema, just
+
+    def areas(weight, confidence):
+        ids = decide_clot(probs, weight, confidence).argmax(0)
+        return int((ids == HEMORRHAGE).sum()), int((ids == EDEMA).sum())
+
+    assert decide_clot(probs) is probs  # the defaults (every model before v0.4.1) change nothing
+    assert areas(1.0, 0.0) == (9 + 25, 4)
+    assert areas(1.0, 0.7) == (25, 4)  # the weak component goes to the background
+    assert areas(2.0, 0.0) == (9 + 25 + 4, 0)  # weighted, the clot takes the edema square
+    assert areas(2.0, 0.7) == (25, 4)  # ...whose own peak (0.4) is too weak: edema again
+    text = SegmenterPlan().to_json()
+    old = {k: v for k, v in json.loads(text).items() if k not in ("hemorrhage_weight", "min_hemorrhage_confidence")}
+    plan = SegmenterPlan.from_json(json.dumps(old))  # a plan written before the fields existed
+    assert (plan.hemorrhage_weight, plan.min_hemorrhage_confidence) == (1.0, 0.0)
+
+
+def test_clot_calibration_refuses_the_held_out_fold_and_a_foreign_split(tmp_path, capsys):
+    script = _script("calibrate_segmenter")
+    held_out = load_segmenter(DEFAULT_SEGMENTER_DIR)[1].training["test_fold"]
+    assert script.main(["--fold", str(held_out)]) == 2
+    assert "held-out fold" in capsys.readouterr().err
+    (tmp_path / "f.json").write_text(json.dumps({"n_folds": 2, "seed": 1, "folds": {"0": ["p0"], "1": ["p1"]}}))
+    assert script.main(["--fold", "1", "--folds", str(tmp_path / "f.json")]) == 2
+    assert "not the split" in capsys.readouterr().err

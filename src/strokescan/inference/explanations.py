@@ -54,7 +54,6 @@ LAYERS = {"head": "model.head.2", "block13": "model.frozen_blocks.13", "block10"
           "block7": "model.frozen_blocks.7"}
 SMOOTHGRAD_SAMPLES = 8
 GRADIENT_BLUR = 1 / 56  # Gaussian sigma of the gradient maps, as a share of the input side (4 px at 224)
-DEFAULT_LAYER = "head"
 #: the layer docs/explanations.md chose (best validation pointing game among the methods passing both sanity
 #: checks): what Predictor.explain and the interfaces show
 CHOSEN_LAYER = "block13"
@@ -126,7 +125,7 @@ def _output_index(output: str, outputs: Sequence[str]) -> int:
 
 
 def model_frame_maps(model: SliceClassifier, x: torch.Tensor, method: str = "gradcam", output_index: int = 0,
-                     layer: str = DEFAULT_LAYER, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                     layer: str = CHOSEN_LAYER, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S) heat maps in [0, 1] in the model frame and (N,) explained logits for inputs ``x`` (N, 3, S, S).
 
     Works on any :class:`SliceClassifier` (a Predictor's, a randomised copy in the sanity checks)."""
@@ -219,7 +218,7 @@ def _to_heatmaps(frame: np.ndarray, scores: np.ndarray, prepared, indices: list[
     return out
 
 
-def explain_slices(predictor, prepared, method: str = "gradcam", output: str = "any", layer: str = DEFAULT_LAYER,
+def explain_slices(predictor, prepared, method: str = "gradcam", output: str = "any", layer: str = CHOSEN_LAYER,
                    slices: Sequence[int] | None = None) -> list[HeatMap]:
     """Heat maps of the detector's ``output`` for the slices of ``prepared`` (a
     :class:`~strokescan.inference.predictor.PreparedScan` of ``predictor``), on the scan's own pixel grid.

@@ -15,8 +15,9 @@ from scipy import ndimage as ndi
 
 from strokescan.config import BUNDLED_MODELS_DIR
 from strokescan.core.geometry import from_model_frame
+from strokescan.core.labels import HEMORRHAGE
 from strokescan.io.scan import Scan
-from strokescan.models.unet import load_segmenter
+from strokescan.models.unet import SegmenterPlan, load_segmenter
 from strokescan.preprocessing.masking import head_masks
 from strokescan.preprocessing.pipeline import PreparedSlice
 
@@ -40,9 +41,34 @@ def remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
     return out
 
 
+def decide_clot(probs: np.ndarray, weight: float = 1.0, min_confidence: float = 0.0) -> np.ndarray:
+    """Class probabilities ``(C, S, S)`` (model frame) with the plan's calibrated clot decision: the clot
+    probability times ``weight``, and each clot component of the resulting argmax (8-connected) whose peak clot
+    probability is below ``min_confidence`` handed to the next most likely class. The defaults change nothing."""
+    if weight == 1.0 and min_confidence <= 0.0:
+        return probs
+    out = probs.astype(np.float32, copy=True)
+    out[HEMORRHAGE] *= weight
+    if min_confidence > 0.0:
+        labels, n = ndi.label(out.argmax(0) == HEMORRHAGE, structure=np.ones((3, 3)))
+        if n:
+            peaks = ndi.maximum(probs[HEMORRHAGE].astype(np.float32), labels, index=np.arange(1, n + 1))
+            weak = np.concatenate([[False], np.asarray(peaks) < min_confidence])
+            out[HEMORRHAGE][weak[labels]] = 0.0
+    return out
+
+
+def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float,
+                  pixels: np.ndarray, is_hu: bool, plan: SegmenterPlan) -> np.ndarray:
+    """One slice's model-frame probabilities -> its class-id mask on the input grid, with the plan's clot
+    decision, the head mask and the minimum component size (inference and evaluation share this)."""
+    probs = decide_clot(probs, plan.hemorrhage_weight, plan.min_hemorrhage_confidence)
+    ids = from_model_frame(probs, box, rotation_deg, pixels.shape)
+    return postprocess(ids, pixels, is_hu, plan.min_lesion_px)
+
+
 def postprocess(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, min_px: int) -> np.ndarray:
-    """Lesions only inside the head (``head_masks``), components under ``min_px`` dropped (training's
-    evaluation and :class:`Segmenter` both use this)."""
+    """Lesions only inside the head (``head_masks``), components under ``min_px`` dropped."""
     if not ids.any():  # nothing to keep or drop (most slices): skip the head mask
         return ids.astype(np.uint8)
     ids = np.where(head_masks(pixels, is_hu).head, ids, 0).astype(np.uint8)
@@ -72,10 +98,9 @@ class Segmenter:
         """One ``(rows, cols)`` uint8 class-id mask per slice, on the scan's own pixel grid (slices mapped back
         in ``pool``'s threads when one is given)."""
         probs = self.probabilities(prepared)
-        shape = scan.pixels.shape[1:]
 
         def back_to_input(i: int) -> np.ndarray:
-            ids = from_model_frame(probs[i], prepared[i].box, prepared[i].rotation_deg, shape)
-            return postprocess(ids, scan.pixels[i], scan.is_hu, self.plan.min_lesion_px)
+            return to_input_mask(probs[i], prepared[i].box, prepared[i].rotation_deg, scan.pixels[i], scan.is_hu,
+                                 self.plan)
 
         return list((pool.map if pool is not None else map)(back_to_input, range(len(prepared))))

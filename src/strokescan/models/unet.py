@@ -188,6 +188,8 @@ class SegmenterPlan:
     slice_plan: SlicePlan = field(default_factory=lambda: SlicePlan(size=SEG_INPUT_SIZE))
     classes: tuple[str, ...] = CLASS_NAMES
     min_lesion_px: int = 10  # connected components smaller than this (input grid) are dropped at inference
+    hemorrhage_weight: float = 1.0  # clot probability x this before the argmax (> 1 paints more clot)
+    min_hemorrhage_confidence: float = 0.0  # clot components whose peak clot probability is lower are dropped
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     weights_sha256: str = ""

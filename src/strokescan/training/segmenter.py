@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from strokescan.config import SEED, cache_root
-from strokescan.core.geometry import from_model_frame, to_model_frame
+from strokescan.core.geometry import to_model_frame
 from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT, LESION_CLASSES, N_CLASSES
 from strokescan.datasets.lesion_masks import (
     PUBLIC_LABELLED,
@@ -55,7 +55,7 @@ from strokescan.evaluation.segmentation import (
     threshold_baseline,
     write_report,
 )
-from strokescan.inference.segmenter import postprocess
+from strokescan.inference.segmenter import to_input_mask
 from strokescan.models.classifier import load_classifier
 from strokescan.models.unet import SEG_INPUT_SIZE, SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
@@ -415,19 +415,24 @@ def epochs_hint(n_steps: int, seconds_per_step: float) -> str:
 
 
 def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | None, load=None,
-                edema_params: dict | None = None) -> pd.DataFrame:
+                edema_params: dict | None = None, plan: SegmenterPlan | None = None) -> pd.DataFrame:
     """Per-slice metrics of the model and of the threshold baselines in the input grid: blood with
-    ``baseline_k``, and perihematomal edema when ``edema_params`` (of :func:`edema_baseline`) are given."""
-    min_px = SegmenterPlan().min_lesion_px
-    probs = predict_probs(model, data.images)
+    ``baseline_k``, and perihematomal edema when ``edema_params`` (of :func:`edema_baseline`) are given.
+    ``plan`` sets the decision after the network (default: :class:`SegmenterPlan`'s)."""
+    return evaluate_probs(predict_probs(model, data.images), data, baseline_k, load, edema_params, plan)
+
+
+def evaluate_probs(probs: np.ndarray, data: SegArrays, baseline_k: float | None, load=None,
+                   edema_params: dict | None = None, plan: SegmenterPlan | None = None) -> pd.DataFrame:
+    """:func:`evaluate_on` for probabilities already computed (one network pass, several decision settings)."""
+    plan = plan or SegmenterPlan()
     preds, truths, labelled, base = [], [], [], []
     for i, (_, row) in enumerate(data.rows.iterrows()):
         shape = (int(row["rows"]), int(row["cols"]))
         ms = decode_sample(row, shape=shape)
         box = tuple(json.loads(row["box"]))
         pixels, is_hu = row_slice(row, load)
-        ids = from_model_frame(probs[i].astype(np.float32), box, float(row["rotation_deg"]), shape)
-        preds.append(postprocess(ids, pixels, is_hu, min_px))
+        preds.append(to_input_mask(probs[i].astype(np.float32), box, float(row["rotation_deg"]), pixels, is_hu, plan))
         truths.append(ms.target)
         labelled.append(ms.labelled)
         if baseline_k is not None:

@@ -114,11 +114,10 @@ def _form_yes_no(name: str) -> bool | None:
 def ich_score(study_id: int):
     """The ICH score from the form and this study's clot volume; computed for the page, never stored."""
     with _ctx()["sessions"]() as session:
-        result = _study_or_404(session, study_id).result
+        found = _study_or_404(session, study_id)
+        result, measured = found.result, found.clot_ml  # clot_ml: None unless segmented with a known spacing
     if not result:
         return error_page(409, "the study has no result yet")
-    volumes = result.get("volumes") or {}
-    measured = volumes["hemorrhage"]["volume"] if volumes.get("spacing_known") else None
     try:
         text = (request.form.get("volume_ml") or "").strip()
         volume = float(text) if text else None
