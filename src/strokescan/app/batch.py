@@ -5,12 +5,15 @@ What ``strokescan predict`` does, as a library call the web app and the listener
     runner = BatchRunner(Predictor(segment=True), masks_dir="masks", overlays_dir="overlays")
     for item in runner.run(["scan1.zip", "folder_of_scans/"]):
         print(item.error or item.result.probability)
+
+This is the embedded engine: one process, one scan after another. ``strokescan.app.distributed`` runs the same
+items on a Dask cluster (docs/batch.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,55 @@ class BatchItem:
             return [{"path": self.path, "error": str(self.error), "error_type": type(self.error).__name__}]
         assert self.result is not None
         return self.result.json_lines(self.mask_paths or None)
+
+    def without_arrays(self) -> BatchItem:
+        """This item with its result's masks and heat maps dropped (they are in the files written): what a
+        worker process sends back."""
+        if self.result is None:
+            return self
+        return replace(self, result=replace(self.result, masks=None, heatmaps=None))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the error's class, arguments and attributes, so that errors whose constructor takes more
+        than the message (:class:`~strokescan.errors.MultipleSeriesError`) cross process boundaries too."""
+        state = dict(self.__dict__)
+        if self.error is not None:
+            state["error"] = (type(self.error), self.error.args, dict(self.error.__dict__))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["error"] is not None:
+            error_class, args, attributes = state["error"]
+            error = error_class.__new__(error_class)
+            error.args = args
+            error.__dict__.update(attributes)
+            state = {**state, "error": error}
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How to build a :class:`Predictor`: what another process needs to build the same one."""
+
+    classifier_dir: Path | None = None
+    segmenter_dir: Path | None = None
+    segment: bool = False
+    operating_point: str | None = None
+
+    def build(self) -> Predictor:
+        return Predictor(self.classifier_dir, segmenter_dir=self.segmenter_dir, segment=self.segment,
+                         operating_point=self.operating_point)
+
+
+def find_targets(inputs: Sequence[str]) -> list[tuple[str, Path | StrokescanError]]:
+    """Every scan found in ``inputs`` (a folder of scans expands), or the error that the input gave."""
+    out: list[tuple[str, Path | StrokescanError]] = []
+    for given in inputs:
+        try:
+            out += [(str(p), p) for p in discover_inputs(given)]
+        except StrokescanError as exc:
+            out.append((given, exc))
+    return out
 
 
 def output_stem(path: Path, taken: set[str]) -> str:
@@ -78,21 +130,15 @@ class BatchRunner:
         self.progress = progress
         self._stems: set[str] = set()
 
-    def targets(self, inputs: Sequence[str]) -> list[tuple[str, Path | StrokescanError]]:
-        """Every scan found in ``inputs`` (a folder of scans expands), or the error that the input gave."""
-        out: list[tuple[str, Path | StrokescanError]] = []
-        for given in inputs:
-            try:
-                out += [(str(p), p) for p in discover_inputs(given)]
-            except StrokescanError as exc:
-                out.append((given, exc))
-        return out
+    @property
+    def writes_files(self) -> bool:
+        return bool(self.masks_dir or self.overlays_dir or self.heatmaps_dir)
 
     def run(self, inputs: Sequence[str]) -> Iterator[BatchItem]:
         """One :class:`BatchItem` per scan found, in order; an error stops only its own input. Output names are
         unique within one run."""
         self._stems = set()
-        targets = self.targets(inputs)
+        targets = find_targets(inputs)
         for shown, target in tqdm(targets, desc="analysing", unit="scan", disable=not self.progress or len(targets) < 2):
             if isinstance(target, StrokescanError):
                 yield BatchItem(shown, error=target)
@@ -102,19 +148,19 @@ class BatchRunner:
             except StrokescanError as exc:
                 yield BatchItem(shown, error=exc)
 
-    def analyse(self, shown: str, path: Path) -> BatchItem:
-        """Load, analyse and write the outputs of one scan (raises StrokescanError)."""
+    def analyse(self, shown: str, path: Path, stem: str | None = None) -> BatchItem:
+        """Load, analyse and write the outputs of one scan (raises StrokescanError). ``stem`` names its output
+        files (default: the next unique one of this run, as :func:`output_stem` gives it)."""
         scan = load_scan(path, series=self.series)
         item = BatchItem(shown, result=self.predictor.analyse(scan, force=self.force,
                                                               explain=self.heatmaps_dir is not None))
-        if self.masks_dir or self.overlays_dir or self.heatmaps_dir:
-            self._write(item, scan)
+        if self.writes_files:
+            self._write(item, scan, stem or output_stem(scan.source_path, self._stems))
         return item
 
-    def _write(self, item: BatchItem, scan: Scan) -> None:
+    def _write(self, item: BatchItem, scan: Scan, stem: str) -> None:
         result = item.result
         assert result is not None
-        stem = output_stem(scan.source_path, self._stems)
         try:
             if self.masks_dir:
                 assert result.masks is not None

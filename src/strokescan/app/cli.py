@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from strokescan import __version__
-from strokescan.app.batch import BatchItem, BatchRunner
+from strokescan.app.batch import BatchItem, BatchRunner, PredictorOptions
 from strokescan.app.training_commands import add_training_commands
 from strokescan.app.web.commands import add_web_commands
 from strokescan.config import SAMPLES_DIR
@@ -24,6 +25,7 @@ from strokescan.models.rotation import RotationEstimator
 
 EXIT_BAD_INPUT = 2
 DEMO_OUTPUT_DIR = "strokescan-demo-overlays"
+SCHEDULER_ADDRESS = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}")  # what --scheduler takes
 
 log = logging.getLogger("strokescan")
 
@@ -73,18 +75,39 @@ def _report(item: BatchItem, as_json: bool) -> None:
 
 
 def _predict(args: argparse.Namespace, paths: Sequence[str]) -> int:
-    """Analyse ``paths`` and print each result; exit status 2 when any input failed."""
-    segment = bool(args.masks_dir or args.overlays_dir or args.segmenter)
-    predictor = Predictor(args.model, segmenter_dir=args.segmenter, segment=segment,
-                          operating_point=args.operating_point)
-    runner = BatchRunner(predictor, masks_dir=args.masks_dir, overlays_dir=args.overlays_dir, series=args.series,
-                         force=args.force, progress=args.json and sys.stderr.isatty(),
-                         heatmaps_dir=args.heatmaps_dir)
+    """Analyse ``paths`` and print each result; exit status 2 when any input failed. With ``--workers N`` (N >= 2)
+    or ``--scheduler`` (``predict`` only) the scans are analysed on a Dask cluster, printed in the same order."""
+    options = PredictorOptions(args.model, segmenter_dir=args.segmenter,
+                               segment=bool(args.masks_dir or args.overlays_dir or args.segmenter),
+                               operating_point=args.operating_point)
+    batch_options = {"masks_dir": args.masks_dir, "overlays_dir": args.overlays_dir, "series": args.series,
+                     "force": args.force, "progress": args.json and sys.stderr.isatty(),
+                     "heatmaps_dir": args.heatmaps_dir}
+    workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if scheduler or (workers or 1) > 1:
+        from strokescan.app.distributed import DaskBatchRunner  # Dask is imported only when asked for
+
+        items = DaskBatchRunner(options, workers=None if scheduler else workers, scheduler=scheduler,
+                                **batch_options).run(paths)
+    else:
+        items = BatchRunner(options.build(), **batch_options).run(paths)
     failed = 0
-    for item in runner.run(paths):
+    for item in items:
         failed += item.error is not None
         _report(item, args.json)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of worker processes, 1 or more")
+    return int(text)
+
+
+def _scheduler_address(text: str) -> str:
+    if not SCHEDULER_ADDRESS.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the scheduler's address as tcp://HOST:PORT")
+    return text
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -213,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     add_model_options(p)
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--workers", type=_worker_count, metavar="N", help="analyse the scans in N worker processes "
+                        "of a Dask cluster started on this machine (127.0.0.1 only, no dashboard) for this run; "
+                        "each loads the models once. Results are printed in input order, as without it. Default 1: "
+                        "one process, one scan after another (docs/batch.md)")
+    engine.add_argument("--scheduler", type=_scheduler_address, metavar="ADDRESS", help="analyse the scans on the "
+                        "running Dask cluster whose scheduler is at ADDRESS (tcp://HOST:PORT); its workers need "
+                        "strokescan installed, and the inputs and the output folders must be on a file system they "
+                        "share, at the same paths (paths are made absolute; docs/batch.md)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="analyse the bundled sample slices (the README's first command)")
