@@ -317,7 +317,8 @@ class Strokescan:
 
     def model_key(self) -> str:
         info = self.predictor.model_info
-        return f"{info.get('classifier_sha256')}/{info.get('segmenter_sha256')}/{info.get('strokescan')}"
+        return (f"{info.get('classifier_sha256')}/{info.get('segmenter_sha256')}/"
+                f"{info.get('segmenter_clot_decision')}/{info.get('strokescan')}")
 
     def run(self, case: dict, cache: Path) -> tuple:
         import numpy as np

@@ -43,7 +43,8 @@ DEFAULT_FOLDS = Path("reports/segmentation/folds_v0.4.0.json")
 
 
 def measures(table: pd.DataFrame) -> dict[str, float]:
-    """D, F and E (see the module docstring) of one setting's per-slice table."""
+    """D, F and E (see the module docstring) of the U-Net in one setting's per-slice table."""
+    table = table[table["method"] == "unet"]
     clot = table[table["class"] == "hemorrhage"]
     pos = clot[clot["true_px"] > 0]
     neg = clot[(clot["true_px"] == 0) & (clot["source"] == "ctich-masks")]
@@ -72,6 +73,12 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value
     d = (part(a) - part(b)).dropna().reset_index(name="v")
     est = patient_bootstrap(d, lambda f: {"m": float(f["v"].mean())})["m"]
     return f"{est['value']:+.3f} [{est['ci95'][0]:+.3f}, {est['ci95'][1]:+.3f}]"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies inside it (reports name no machine's folders)."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main(argv=None) -> int:
@@ -129,7 +136,8 @@ def main(argv=None) -> int:
              "(c) E not lower by > %.2f" % E_MARGIN: best["E"] >= plain["E"] - E_MARGIN}
     ship = all(tests.values())
     lines = [f"# Clot decision set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.1.md)", "",
-             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold}`; model {a.model} "
+             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold}"
+             f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} "
              f"(weights sha256 {plan.weights_sha256[:16]}). Slices: D on {int(plain['n_D'])} slices with blood, "
              f"F on {int(plain['n_F'])} ctich-masks lesion-free slices, E on {int(plain['n_E'])} phe-sich slices "
              f"with edema ({part.rows['patient'].nunique()} patients in the fold).", "",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: bump the minor number for added fields, the major one for renamed or removed fields
 #: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for)
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 @dataclass

@@ -85,7 +85,9 @@ class Segmenter:
 
     @property
     def model_info(self) -> dict[str, str]:
-        return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch}
+        return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch,
+                "segmenter_clot_decision": f"weight {self.plan.hemorrhage_weight:g}, "
+                                           f"min confidence {self.plan.min_hemorrhage_confidence:g}"}
 
     def probabilities(self, prepared: list[PreparedSlice]) -> np.ndarray:
         """(n, C, S, S) float32 softmax in the model frame, for slices prepared with this model's plan."""
