@@ -150,6 +150,7 @@ def test_study_viewer_serves_slices_overlays_and_volumes(app, browser):
     _wait(app)
     page = browser.get(f"/studies/{study_id}").text
     assert "not a diagnosis" in page and 'data-n="28"' in page and "ABC/2" in page
+    assert "(clot decision: weight " in page  # which decision made the masks: the weights' checksum does not say
     for window in ("brain", "subdural", "stroke", "bone"):
         png = browser.get(f"/studies/{study_id}/slices/{window}/27.png")
         assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
