@@ -1,6 +1,8 @@
-"""Set the segmenter's clot decision (``hemorrhage_weight``, ``min_hemorrhage_confidence``) on a validation fold.
+"""Set the segmenter's clot decision (``hemorrhage_weight``, ``min_hemorrhage_confidence``) on a validation fold,
+or with ``--growth`` the clot growth into hyperdense pixels (``clot_growth_k``, ``clot_growth_px``) on top of it.
 
     .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --out reports/segmentation/calibration_v0.4.1.md
+    .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --growth --out reports/segmentation/growth_v0.4.2.md
 
 One network pass over the fold, then every setting of the grid in the input grid (head mask and minimum size as
 at inference). Per setting: D = mean clot Dice on slices with blood (all sources), F = share of ctich-masks
@@ -40,6 +42,9 @@ D_MARGIN = 0.02  # rule: otherwise the lowest F with D >= D(plain) - this; ship 
 E_MARGIN = 0.02  # ship test (c)
 F_GAIN = 0.05  # ship test (a): F lower by at least this
 DEFAULT_FOLDS = Path("reports/segmentation/folds_v0.4.0.json")
+GROWTH_K = (1.5, 2.0, 2.5, 3.0)  # --growth grid (ship_rule_v0.4.2.md): hyperdense factor x largest distance
+GROWTH_PX = (5, 10, 20)
+GROWTH_D_GAIN = 0.02  # --growth ship test: D higher by at least this, paired CI above 0
 
 
 def measures(table: pd.DataFrame) -> dict[str, float]:
@@ -75,6 +80,48 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value
     return f"{est['value']:+.3f} [{est['ci95'][0]:+.3f}, {est['ci95'][1]:+.3f}]"
 
 
+def _growth(a: argparse.Namespace, plan: SegmenterPlan, probs: np.ndarray, part) -> int:
+    """The --growth grid on top of the model's clot decision, its choice and ship test (ship_rule_v0.4.2.md)."""
+    settings = [(0.0, 0)] + list(itertools.product(GROWTH_K, GROWTH_PX))
+    tables, rows = {}, []
+    for k, r in tqdm(settings, desc="settings", unit="setting"):
+        t = evaluate_probs(probs, part, None, plan=dataclasses.replace(plan, clot_growth_k=k, clot_growth_px=r))
+        tables[(k, r)] = t
+        rows.append({"k": k, "px": r, **measures(t)})
+    grid = pd.DataFrame(rows)
+    off = grid.iloc[0]
+    best = grid[grid["E"] >= off["E"] - E_MARGIN].sort_values(["D", "F"], ascending=[False, True]).iloc[0]
+    tb, to = tables[(best["k"], best["px"])], tables[(0.0, 0)]
+    d_diff = paired(tb, to, "hemorrhage", None, "dice")
+    lower = float(d_diff.split("[")[1].split(",")[0])
+    tests = {f"D higher by >= {GROWTH_D_GAIN:.2f}": best["D"] - off["D"] >= GROWTH_D_GAIN,
+             "paired CI of the D difference above 0": lower > 0,
+             f"E not lower by > {E_MARGIN:.2f}": best["E"] >= off["E"] - E_MARGIN}
+    ship = all(tests.values())
+    lines = [f"# Clot growth set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.2.md)", "",
+             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold} --growth"
+             f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} (weights sha256 "
+             f"{plan.weights_sha256[:16]}, clot weight {plan.hemorrhage_weight:g}, minimum confidence "
+             f"{plan.min_hemorrhage_confidence:g}). Slices: D on {int(off['n_D'])} slices with blood, F on "
+             f"{int(off['n_F'])} ctich-masks lesion-free slices, E on {int(off['n_E'])} phe-sich slices with edema.", "",
+             "| growth k | within px | D clot Dice | F lesion-free slices with clot | E edema Dice |", "|---|---|---|---|---|"]
+    for r in grid.itertuples():
+        mark = " **chosen**" if (r.k, r.px) == (best["k"], best["px"]) else ""
+        lines.append(f"| {'off' if r.k == 0 else f'{r.k:g}'} | {r.px}{mark} | {r.D:.3f} | {r.F:.3f} | {r.E:.3f} |")
+    lines += ["", f"Chosen: k {best['k']:g} within {int(best['px'])} px. Against no growth, paired per slice, mean "
+              "[95 % patient-bootstrap CI]:", "",
+              f"- D clot Dice: {best['D']:.3f} vs {off['D']:.3f}, {d_diff}",
+              f"- E phe-sich edema Dice: {best['E']:.3f} vs {off['E']:.3f}, {paired(tb, to, 'edema', 'phe-sich', 'dice')}",
+              "", *[f"- {k}: {'yes' if v else 'no'}" for k, v in tests.items()], "",
+              f"Decision: **{'ship the growth as v0.4.2' if ship else 'keep the model as it is'}**."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    print("JSON " + json.dumps({"growth_k": float(best["k"]), "growth_px": int(best["px"]), "ship": ship}))
+    if a.out:
+        a.out.write_text(text)
+    return 0
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the working folder when it lies inside it (reports name no machine's folders)."""
     path = path.resolve()
@@ -91,6 +138,10 @@ def main(argv=None) -> int:
                     "(with --weight and --confidence: the setting chosen on the validation fold)")
     ap.add_argument("--weight", type=float, help="with --held-out-run: hemorrhage_weight")
     ap.add_argument("--confidence", type=float, help="with --held-out-run: min_hemorrhage_confidence")
+    ap.add_argument("--growth", action="store_true", help="set the clot growth (ship_rule_v0.4.2.md) on top of the "
+                    "model's own clot decision instead of the decision itself")
+    ap.add_argument("--growth-k", type=float, default=0.0, help="with --held-out-run: clot_growth_k")
+    ap.add_argument("--growth-px", type=int, default=0, help="with --held-out-run: clot_growth_px")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -112,14 +163,18 @@ def main(argv=None) -> int:
     probs = predict_probs(model, part.images)
 
     if a.held_out_run:
-        chosen = dataclasses.replace(plan, hemorrhage_weight=a.weight, min_hemorrhage_confidence=a.confidence)
+        chosen = dataclasses.replace(plan, hemorrhage_weight=a.weight, min_hemorrhage_confidence=a.confidence,
+                                     clot_growth_k=a.growth_k, clot_growth_px=a.growth_px)
         t = evaluate_probs(probs, part, float(plan.training.get("baseline_k", 2.0)),
                            edema_params=plan.training.get("edema_baseline"), plan=chosen)
         out = a.held_out_run / f"fold{a.fold}"
         out.mkdir(parents=True, exist_ok=True)
         t.assign(fold=a.fold).to_csv(out / "per_slice.csv", index=False)
-        print(json.dumps({"setting": {"weight": a.weight, "confidence": a.confidence}, **measures(t)}))
+        print(json.dumps({"setting": {"weight": a.weight, "confidence": a.confidence, "growth_k": a.growth_k,
+                                      "growth_px": a.growth_px}, **measures(t)}))
         return 0
+    if a.growth:
+        return _growth(a, plan, probs, part)
 
     tables, rows = {}, []
     for w, g in tqdm(list(itertools.product(WEIGHTS, CONFIDENCES)), desc="settings", unit="setting"):

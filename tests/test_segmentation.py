@@ -670,3 +670,31 @@ def test_clot_calibration_refuses_the_held_out_fold_and_a_foreign_split(tmp_path
     (tmp_path / "f.json").write_text(json.dumps({"n_folds": 2, "seed": 1, "folds": {"0": ["p0"], "1": ["p1"]}}))
     assert script.main(["--fold", "1", "--folds", str(tmp_path / "f.json")]) == 2
     assert "not the split" in capsys.readouterr().err
+
+
+def test_clot_growth_fills_the_hyperdense_clot_around_the_network_seed_only():
+    from strokescan.inference.segmenter import clot_decision_text, grow_clot
+
+    pixels = np.full((200, 200), 0, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 < 85 ** 2] = 255  # skull
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 < 78 ** 2] = 90  # brain
+    rng = np.random.default_rng(0)
+    pixels = np.clip(pixels.astype(int) + rng.integers(-4, 5, pixels.shape) * (pixels == 90), 0, 255).astype(np.uint8)
+    pixels[(yy - 100) ** 2 + (xx - 80) ** 2 < 12 ** 2] = 170  # a clot: the seed covers its centre only
+    pixels[(yy - 100) ** 2 + (xx - 130) ** 2 < 8 ** 2] = 170  # a second clot the network missed
+    ids = np.zeros_like(pixels)
+    ids[(yy - 100) ** 2 + (xx - 80) ** 2 < 5 ** 2] = HEMORRHAGE
+    ids[60:64, 60:64] = EDEMA
+    assert grow_clot(ids, pixels, False, 0.0, 10) is ids  # off by default
+    grown = grow_clot(ids, pixels, False, 2.0, 20)
+    clot = (yy - 100) ** 2 + (xx - 80) ** 2 < 12 ** 2
+    assert (grown == HEMORRHAGE).sum() > 3 * (ids == HEMORRHAGE).sum()
+    assert _dice(grown == HEMORRHAGE, clot) > 0.8  # the whole clot, not the brain around it
+    assert not (grown[(yy - 100) ** 2 + (xx - 130) ** 2 < 8 ** 2] == HEMORRHAGE).any()  # no new lesion
+    assert (grown[60:64, 60:64] == EDEMA).all()
+    near = grow_clot(ids, pixels, False, 2.0, 3)  # at most 3 px from the seed
+    assert (near == HEMORRHAGE).sum() < (grown == HEMORRHAGE).sum()
+    plan = SegmenterPlan(hemorrhage_weight=3.0, min_hemorrhage_confidence=0.95, clot_growth_k=2.0, clot_growth_px=10)
+    assert clot_decision_text(plan) == "weight 3, min confidence 0.95, growth k 2 within 10 px"
+    assert clot_decision_text(SegmenterPlan()) == "weight 1, min confidence 0"

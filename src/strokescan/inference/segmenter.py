@@ -18,6 +18,7 @@ from strokescan.core.geometry import from_model_frame
 from strokescan.core.labels import HEMORRHAGE
 from strokescan.io.scan import Scan
 from strokescan.models.unet import SegmenterPlan, load_segmenter
+from strokescan.preprocessing.density import hyperdense
 from strokescan.preprocessing.masking import head_masks
 from strokescan.preprocessing.pipeline import PreparedSlice
 
@@ -58,13 +59,38 @@ def decide_clot(probs: np.ndarray, weight: float = 1.0, min_confidence: float = 
     return out
 
 
+def clot_decision_text(plan: SegmenterPlan) -> str:
+    """The plan's clot decision in words (results name it: the weights' checksum does not cover it)."""
+    text = f"weight {plan.hemorrhage_weight:g}, min confidence {plan.min_hemorrhage_confidence:g}"
+    if plan.clot_growth_k > 0 and plan.clot_growth_px > 0:
+        text += f", growth k {plan.clot_growth_k:g} within {plan.clot_growth_px} px"
+    return text
+
+
 def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float,
                   pixels: np.ndarray, is_hu: bool, plan: SegmenterPlan) -> np.ndarray:
     """One slice's model-frame probabilities -> its class-id mask on the input grid, with the plan's clot
     decision, the head mask and the minimum component size (inference and evaluation share this)."""
     probs = decide_clot(probs, plan.hemorrhage_weight, plan.min_hemorrhage_confidence)
     ids = from_model_frame(probs, box, rotation_deg, pixels.shape)
-    return postprocess(ids, pixels, is_hu, plan.min_lesion_px)
+    ids = postprocess(ids, pixels, is_hu, plan.min_lesion_px)
+    return grow_clot(ids, pixels, is_hu, plan.clot_growth_k, plan.clot_growth_px)
+
+
+def grow_clot(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, k: float, max_px: int) -> np.ndarray:
+    """Class-id mask whose clot has grown into the background pixels of the brain that are hyperdense
+    (:func:`~strokescan.preprocessing.density.hyperdense` with factor ``k``) and connected to it through such
+    pixels, at most ``max_px`` pixels away. It starts from the network's clot only, so no slice gains clot where
+    it had none; ``k <= 0`` changes nothing."""
+    clot = ids == HEMORRHAGE
+    if k <= 0 or max_px <= 0 or not clot.any():
+        return ids
+    allowed = hyperdense(pixels, is_hu, head_masks(pixels, is_hu).brain, k) & (ids == 0)
+    allowed &= ndi.distance_transform_edt(~clot) <= max_px
+    grown = ndi.binary_propagation(clot, structure=np.ones((3, 3), bool), mask=clot | allowed)
+    out = ids.copy()
+    out[grown] = HEMORRHAGE
+    return out
 
 
 def postprocess(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, min_px: int) -> np.ndarray:
@@ -86,8 +112,7 @@ class Segmenter:
     @property
     def model_info(self) -> dict[str, str]:
         return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch,
-                "segmenter_clot_decision": f"weight {self.plan.hemorrhage_weight:g}, "
-                                           f"min confidence {self.plan.min_hemorrhage_confidence:g}"}
+                "segmenter_clot_decision": clot_decision_text(self.plan)}
 
     def probabilities(self, prepared: list[PreparedSlice]) -> np.ndarray:
         """(n, C, S, S) float32 softmax in the model frame, for slices prepared with this model's plan."""

@@ -190,6 +190,8 @@ class SegmenterPlan:
     min_lesion_px: int = 10  # connected components smaller than this (input grid) are dropped at inference
     hemorrhage_weight: float = 1.0  # clot probability x this before the argmax (> 1 paints more clot)
     min_hemorrhage_confidence: float = 0.0  # clot components whose peak clot probability is lower are dropped
+    clot_growth_k: float = 0.0  # > 0: the clot grows into hyperdense pixels (this factor) around it (input grid)
+    clot_growth_px: int = 0  # ... at most this many pixels from the network's clot
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     weights_sha256: str = ""
