@@ -97,7 +97,6 @@ def _growth(a: argparse.Namespace, plan: SegmenterPlan, probs: np.ndarray, part)
     tests = {f"D higher by >= {GROWTH_D_GAIN:.2f}": best["D"] - off["D"] >= GROWTH_D_GAIN,
              "paired CI of the D difference above 0": lower > 0,
              f"E not lower by > {E_MARGIN:.2f}": best["E"] >= off["E"] - E_MARGIN}
-    ship = all(tests.values())
     lines = [f"# Clot growth set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.2.md)", "",
              f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold} --growth"
              f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} (weights sha256 "
@@ -112,13 +111,22 @@ def _growth(a: argparse.Namespace, plan: SegmenterPlan, probs: np.ndarray, part)
               "[95 % patient-bootstrap CI]:", "",
               f"- D clot Dice: {best['D']:.3f} vs {off['D']:.3f}, {d_diff}",
               f"- E phe-sich edema Dice: {best['E']:.3f} vs {off['E']:.3f}, {paired(tb, to, 'edema', 'phe-sich', 'dice')}",
-              "", *[f"- {k}: {'yes' if v else 'no'}" for k, v in tests.items()], "",
-              f"Decision: **{'ship the growth as v0.4.2' if ship else 'keep the model as it is'}**."]
+              ]
+    return _decide(lines, tests, "ship the growth as v0.4.2", "keep the model as it is",
+                   {"growth_k": float(best["k"]), "growth_px": int(best["px"])}, a.out)
+
+
+def _decide(lines: list[str], tests: dict[str, bool], ship_text: str, keep_text: str, choice: dict,
+            out: Path | None) -> int:
+    """Print (and write to ``out``) the report ``lines`` with the ship tests and the decision they give."""
+    ship = all(tests.values())
+    lines = [*lines, "", *[f"- {k}: {'yes' if v else 'no'}" for k, v in tests.items()], "",
+             f"Decision: **{ship_text if ship else keep_text}**."]
     text = "\n".join(lines) + "\n"
     print(text)
-    print("JSON " + json.dumps({"growth_k": float(best["k"]), "growth_px": int(best["px"]), "ship": ship}))
-    if a.out:
-        a.out.write_text(text)
+    print("JSON " + json.dumps({**choice, "ship": ship}))
+    if out:
+        out.write_text(text)
     return 0
 
 
@@ -189,7 +197,6 @@ def main(argv=None) -> int:
     tests = {"(a) F lower by >= %.2f" % F_GAIN: plain["F"] - best["F"] >= F_GAIN,
              "(b) D not lower by > %.2f" % D_MARGIN: best["D"] >= plain["D"] - D_MARGIN,
              "(c) E not lower by > %.2f" % E_MARGIN: best["E"] >= plain["E"] - E_MARGIN}
-    ship = all(tests.values())
     lines = [f"# Clot decision set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.1.md)", "",
              f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold}"
              f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} "
@@ -207,14 +214,9 @@ def main(argv=None) -> int:
               f"- F lesion-free ctich-masks slices with clot: {best['F']:.3f} vs {plain['F']:.3f}, "
               f"{paired(tb, tp, 'hemorrhage', 'ctich-masks', 'fp')}",
               f"- E phe-sich edema Dice: {best['E']:.3f} vs {plain['E']:.3f}, {paired(tb, tp, 'edema', 'phe-sich', 'dice')}",
-              "", *[f"- {k}: {'yes' if v else 'no'}" for k, v in tests.items()], "",
-              f"Decision: **{'ship the calibrated decision as v0.4.1' if ship else 'keep v0.4.0 as it is'}**."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print("JSON " + json.dumps({"weight": float(best["weight"]), "confidence": float(best["confidence"]), "ship": ship}))
-    if a.out:
-        a.out.write_text(text)
-    return 0
+              ]
+    return _decide(lines, tests, "ship the calibrated decision as v0.4.1", "keep v0.4.0 as it is",
+                   {"weight": float(best["weight"]), "confidence": float(best["confidence"])}, a.out)
 
 
 if __name__ == "__main__":
