@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from strokescan.inference.explanations import HeatMap
 
 #: bump the minor number for added fields, the major one for renamed or removed fields
-#: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for)
+#: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for);
+#: 1.3: model.segmenter_clot_decision
 SCHEMA_VERSION = "1.3"
 
 
