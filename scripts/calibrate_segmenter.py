@@ -1,14 +1,19 @@
 """Set the segmenter's clot decision (``hemorrhage_weight``, ``min_hemorrhage_confidence``) on a validation fold,
-or with ``--growth`` the clot growth into hyperdense pixels (``clot_growth_k``, ``clot_growth_px``) on top of it.
+or one of the later candidates on top of the model's own decision (``--candidate``): ``growth`` (v0.4.2) and
+``growth2`` (v0.4.3) the clot growth into hyperdense pixels (``clot_growth_k``, ``clot_growth_px``), ``brain``
+clot only inside the skull (``clot_within_brain_px``), ``gate`` the detector gate (``min_slice_probability``,
+with the detector's out-of-fold slice probabilities from ``--detector-oof``).
 
     .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --out reports/segmentation/calibration_v0.4.1.md
     .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --growth --out reports/segmentation/growth_v0.4.2.md
+    .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --candidate brain --out reports/segmentation/brain_v0.4.3.md
 
 One network pass over the fold, then every setting of the grid in the input grid (head mask and minimum size as
 at inference). Per setting: D = mean clot Dice on slices with blood (all sources), F = share of ctich-masks
 lesion-free slices with any clot pixel, E = phe-sich edema Dice on slices with edema. The choice and the ship
-test follow ``reports/segmentation/ship_rule_v0.4.1.md`` (written before this ran). Use the model's early-stopping
-fold (its plan's ``val_fold``), never its held-out fold. ``--held-out-run DIR`` instead writes the chosen
+test follow each candidate's rule (``CANDIDATES``: written before its figures). Use the model's early-stopping
+fold (its plan's ``val_fold``), never its held-out fold. ``--set FIELD=VALUE`` stacks a decision already taken
+on the plan first (v0.4.3's rule judges B, then H, then G2). ``--held-out-run DIR`` instead writes the chosen
 setting's held-out table as ``DIR/fold<k>/per_slice.csv`` (with the threshold baseline), for
 ``scripts/segmentation_clinical_figures.py DIR``: only after the decision.
 """
@@ -21,6 +26,7 @@ import itertools
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,20 +37,41 @@ from strokescan.datasets.lesion_masks import build_segmentation_manifest
 from strokescan.datasets.splits import fold_of, read_folds
 from strokescan.errors import StrokescanError
 from strokescan.evaluation.metrics import patient_bootstrap
-from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR
+from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR, clot_decision_text
 from strokescan.models.unet import SegmenterPlan, load_segmenter
 from strokescan.training.segmenter import build_cache, evaluate_probs, folds_sha256, predict_probs
 
-WEIGHTS = (1.0, 1.25, 1.5, 2.0, 3.0)
-CONFIDENCES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95)
 FP_TARGET = 0.05  # rule: highest D among settings with F <= this
 D_MARGIN = 0.02  # rule: otherwise the lowest F with D >= D(plain) - this; ship test (b)
 E_MARGIN = 0.02  # ship test (c)
-F_GAIN = 0.05  # ship test (a): F lower by at least this
 DEFAULT_FOLDS = Path("reports/segmentation/folds_v0.4.0.json")
-GROWTH_K = (1.5, 2.0, 2.5, 3.0)  # --growth grid (ship_rule_v0.4.2.md): hyperdense factor x largest distance
-GROWTH_PX = (5, 10, 20)
-GROWTH_D_GAIN = 0.02  # --growth ship test: D higher by at least this, paired CI above 0
+D_GAIN = 0.02  # growth ship tests: D higher by at least this, paired CI above 0
+
+
+class Candidate(NamedTuple):
+    """A decision after the network, judged on a validation fold by a rule written before its figures."""
+
+    rule: str  # the ship rule's file in reports/segmentation
+    version: str  # the version it ships as
+    fields: tuple[str, ...]  # the plan fields its grid sets (the first setting is "off")
+    settings: tuple[tuple, ...]
+    by_dice: bool  # choice: highest D (E kept) if true, else the false-positive choice of v0.4.1's rule
+    f_gain: float = 0.0  # ship test: F lower than off by at least this (false-positive choice only)
+
+
+CANDIDATES = {
+    "decision": Candidate("ship_rule_v0.4.1.md", "v0.4.1", ("hemorrhage_weight", "min_hemorrhage_confidence"),
+                          tuple(itertools.product((1.0, 1.25, 1.5, 2.0, 3.0), (0.0, 0.6, 0.7, 0.8, 0.9, 0.95))),
+                          by_dice=False, f_gain=0.05),
+    "growth": Candidate("ship_rule_v0.4.2.md", "v0.4.2", ("clot_growth_k", "clot_growth_px"),
+                        ((0.0, 0), *itertools.product((1.5, 2.0, 2.5, 3.0), (5, 10, 20))), by_dice=True),
+    "brain": Candidate("ship_rule_v0.4.3.md", "v0.4.3", ("clot_within_brain_px",), ((-1,), (0,), (2,), (5,)),
+                       by_dice=False, f_gain=0.02),
+    "gate": Candidate("ship_rule_v0.4.3.md", "v0.4.3", ("min_slice_probability",),
+                      ((0.0,), (0.02,), (0.041,), (0.1,), (0.2,), (0.281,)), by_dice=False, f_gain=0.03),
+    "growth2": Candidate("ship_rule_v0.4.3.md", "v0.4.3", ("clot_growth_k", "clot_growth_px"),
+                         ((0.0, 0), *itertools.product((0.75, 1.0, 1.25, 1.5), (20, 30, 45))), by_dice=True),
+}
 
 
 def measures(table: pd.DataFrame) -> dict[str, float]:
@@ -58,9 +85,8 @@ def measures(table: pd.DataFrame) -> dict[str, float]:
             "n_D": len(pos), "n_F": len(neg), "n_E": len(edema)}
 
 
-def choose(grid: pd.DataFrame) -> pd.Series:
+def choose(grid: pd.DataFrame, plain: pd.Series) -> pd.Series:
     """The rule's choice: highest D with F <= FP_TARGET; else the lowest F with D >= D(plain) - D_MARGIN."""
-    plain = grid[(grid["weight"] == 1.0) & (grid["confidence"] == 0.0)].iloc[0]
     ok = grid[grid["F"] <= FP_TARGET]
     if len(ok):
         return ok.sort_values(["D", "F"], ascending=[False, True]).iloc[0]
@@ -80,40 +106,56 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value
     return f"{est['value']:+.3f} [{est['ci95'][0]:+.3f}, {est['ci95'][1]:+.3f}]"
 
 
-def _growth(a: argparse.Namespace, plan: SegmenterPlan, probs: np.ndarray, part) -> int:
-    """The --growth grid on top of the model's clot decision, its choice and ship test (ship_rule_v0.4.2.md)."""
-    settings = [(0.0, 0)] + list(itertools.product(GROWTH_K, GROWTH_PX))
+def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.ndarray, part,
+               slice_probability: np.ndarray | None) -> int:
+    """One candidate's grid on top of ``plan``, its choice and ship test (the rule in ``CANDIDATES[name]``)."""
+    cand = CANDIDATES[name]
     tables, rows = {}, []
-    for k, r in tqdm(settings, desc="settings", unit="setting"):
-        t = evaluate_probs(probs, part, None, plan=dataclasses.replace(plan, clot_growth_k=k, clot_growth_px=r))
-        tables[(k, r)] = t
-        rows.append({"k": k, "px": r, **measures(t)})
+    for setting in tqdm(cand.settings, desc="settings", unit="setting"):
+        t = evaluate_probs(probs, part, None, plan=dataclasses.replace(plan, **dict(zip(cand.fields, setting))),
+                           slice_probability=slice_probability)
+        tables[setting] = t
+        rows.append({**dict(zip(cand.fields, setting)), **measures(t)})
     grid = pd.DataFrame(rows)
     off = grid.iloc[0]
-    best = grid[grid["E"] >= off["E"] - E_MARGIN].sort_values(["D", "F"], ascending=[False, True]).iloc[0]
-    tb, to = tables[(best["k"], best["px"])], tables[(0.0, 0)]
+    if cand.by_dice:
+        best = grid[grid["E"] >= off["E"] - E_MARGIN].sort_values(["D", "F"], ascending=[False, True]).iloc[0]
+    else:
+        best = choose(grid, off)
+    chosen = cand.settings[best.name]
+    tb, to = tables[chosen], tables[cand.settings[0]]
     d_diff = paired(tb, to, "hemorrhage", None, "dice")
-    lower = float(d_diff.split("[")[1].split(",")[0])
-    tests = {f"D higher by >= {GROWTH_D_GAIN:.2f}": best["D"] - off["D"] >= GROWTH_D_GAIN,
-             "paired CI of the D difference above 0": lower > 0,
-             f"E not lower by > {E_MARGIN:.2f}": best["E"] >= off["E"] - E_MARGIN}
-    lines = [f"# Clot growth set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.2.md)", "",
-             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold} --growth"
+    if cand.by_dice:
+        tests = {f"D higher by >= {D_GAIN:.2f}": best["D"] - off["D"] >= D_GAIN,
+                 "paired CI of the D difference above 0": float(d_diff.split("[")[1].split(",")[0]) > 0}
+    else:
+        tests = {f"F lower by >= {cand.f_gain:.2f}": off["F"] - best["F"] >= cand.f_gain,
+                 f"D not lower by > {D_MARGIN:.2f}": best["D"] >= off["D"] - D_MARGIN}
+    tests[f"E not lower by > {E_MARGIN:.2f}"] = best["E"] >= off["E"] - E_MARGIN
+    stacked = "".join(f" --set {s}" for s in a.set)
+    lines = [f"# Candidate {name} set on validation fold {a.fold} (rule: reports/segmentation/{cand.rule})", "",
+             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold} "
+             f"{'--growth' if name == 'growth' else f'--candidate {name}'}{stacked}"
+             f"{f' --detector-oof {_shown(a.detector_oof)}' if a.detector_oof else ''}"
              f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} (weights sha256 "
-             f"{plan.weights_sha256[:16]}, clot weight {plan.hemorrhage_weight:g}, minimum confidence "
-             f"{plan.min_hemorrhage_confidence:g}). Slices: D on {int(off['n_D'])} slices with blood, F on "
-             f"{int(off['n_F'])} ctich-masks lesion-free slices, E on {int(off['n_E'])} phe-sich slices with edema.", "",
-             "| growth k | within px | D clot Dice | F lesion-free slices with clot | E edema Dice |", "|---|---|---|---|---|"]
-    for r in grid.itertuples():
-        mark = " **chosen**" if (r.k, r.px) == (best["k"], best["px"]) else ""
-        lines.append(f"| {'off' if r.k == 0 else f'{r.k:g}'} | {r.px}{mark} | {r.D:.3f} | {r.F:.3f} | {r.E:.3f} |")
-    lines += ["", f"Chosen: k {best['k']:g} within {int(best['px'])} px. Against no growth, paired per slice, mean "
-              "[95 % patient-bootstrap CI]:", "",
+             f"{plan.weights_sha256[:16]}; decision before the candidate: {clot_decision_text(plan, gated=True)}). "
+             f"Slices: D on {int(off['n_D'])} slices with blood, F on {int(off['n_F'])} ctich-masks lesion-free "
+             f"slices, E on {int(off['n_E'])} phe-sich slices with edema.", "",
+             f"| {' | '.join(cand.fields)} | D clot Dice | F lesion-free slices with clot | E edema Dice |",
+             "|" + "---|" * (len(cand.fields) + 3)]
+    for r, setting in zip(grid.itertuples(index=False), cand.settings):
+        mark = " **chosen**" if setting == chosen else ""
+        values = " | ".join("off" if i == 0 and setting == cand.settings[0] else f"{v:g}" for i, v in enumerate(setting))
+        lines.append(f"| {values}{mark} | {r.D:.3f} | {r.F:.3f} | {r.E:.3f} |")
+    lines += ["", f"Chosen: {', '.join(f'{f} {v:g}' for f, v in zip(cand.fields, chosen))}. Against off, paired per "
+              "slice, mean [95 % patient-bootstrap CI]:", "",
               f"- D clot Dice: {best['D']:.3f} vs {off['D']:.3f}, {d_diff}",
+              f"- F lesion-free ctich-masks slices with clot: {best['F']:.3f} vs {off['F']:.3f}, "
+              f"{paired(tb, to, 'hemorrhage', 'ctich-masks', 'fp')}",
               f"- E phe-sich edema Dice: {best['E']:.3f} vs {off['E']:.3f}, {paired(tb, to, 'edema', 'phe-sich', 'dice')}",
               ]
-    return _decide(lines, tests, "ship the growth as v0.4.2", "keep the model as it is",
-                   {"growth_k": float(best["k"]), "growth_px": int(best["px"])}, a.out)
+    return _decide(lines, tests, f"ship candidate {name} as {cand.version}", "keep the model as it is",
+                   {f: float(v) for f, v in zip(cand.fields, chosen)}, a.out)
 
 
 def _decide(lines: list[str], tests: dict[str, bool], ship_text: str, keep_text: str, choice: dict,
@@ -136,20 +178,55 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+def _setting(text: str) -> tuple[str, float]:
+    """``FIELD=VALUE`` of ``--set`` (a numeric field of the segmenter's plan)."""
+    field, _, value = text.partition("=")
+    numeric = {f.name for f in dataclasses.fields(SegmenterPlan) if f.type in ("int", "float")}
+    if field not in numeric or not value:
+        raise argparse.ArgumentTypeError(f"--set needs FIELD=VALUE with FIELD one of {', '.join(sorted(numeric))}")
+    try:
+        return field, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--set {field}: {value!r} is not a number") from None
+
+
+def _with(plan: SegmenterPlan, settings: list[tuple[str, float]]) -> SegmenterPlan:
+    """``plan`` with the ``--set`` values (int fields stay int)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(SegmenterPlan)}
+    return dataclasses.replace(plan, **{f: int(v) if kinds[f] == "int" else v for f, v in settings})
+
+
+def detector_probability(oof_csv: Path, rows: pd.DataFrame) -> np.ndarray:
+    """Each row's out-of-fold detector probability of any hemorrhage (``oof_predictions.csv`` of a detector CV,
+    matched on the image file and frame); :class:`StrokescanError` when a row has none."""
+    oof = pd.read_csv(oof_csv)
+    key = ["image_path", "frame"] if "frame" in oof and "frame" in rows else ["image_path"]
+    p = rows[key].merge(oof[key + ["p_any"]].drop_duplicates(key), on=key, how="left")["p_any"].to_numpy(float)
+    if np.isnan(p).any():
+        raise StrokescanError(f"{oof_csv} has no detector probability for {int(np.isnan(p).sum())} of the fold's "
+                              f"{len(p)} slices")
+    return p
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_SEGMENTER_DIR, help="segmenter folder (default: bundled)")
     ap.add_argument("--folds", type=Path, default=DEFAULT_FOLDS, help="the model's folds file (its sha256 is checked)")
     ap.add_argument("--fold", type=int, required=True, help="validation fold to set the decision on")
     ap.add_argument("--out", type=Path, help="write the Markdown report here too")
+    ap.add_argument("--candidate", choices=list(CANDIDATES), default="decision",
+                    help="what to set: the clot decision (v0.4.1's rule, default) or a later candidate on top of "
+                    "the model's own decision")
+    ap.add_argument("--growth", action="store_const", const="growth", dest="candidate",
+                    help="same as --candidate growth (ship_rule_v0.4.2.md)")
+    ap.add_argument("--set", type=_setting, action="append", default=[], metavar="FIELD=VALUE",
+                    help="a plan value applied first (a decision already taken; repeatable)")
+    ap.add_argument("--detector-oof", type=Path, help="the detector CV's oof_predictions.csv: slice probabilities "
+                    "for the detector gate (needed by --candidate gate and by a gated held-out table)")
     ap.add_argument("--held-out-run", type=Path, help="write the chosen setting's table of --fold here instead "
-                    "(with --weight and --confidence: the setting chosen on the validation fold)")
+                    "(with --weight and --confidence, and --set for the rest: the setting chosen on validation)")
     ap.add_argument("--weight", type=float, help="with --held-out-run: hemorrhage_weight")
     ap.add_argument("--confidence", type=float, help="with --held-out-run: min_hemorrhage_confidence")
-    ap.add_argument("--growth", action="store_true", help="set the clot growth (ship_rule_v0.4.2.md) on top of the "
-                    "model's own clot decision instead of the decision itself")
-    ap.add_argument("--growth-k", type=float, default=0.0, help="with --held-out-run: clot_growth_k")
-    ap.add_argument("--growth-px", type=int, default=0, help="with --held-out-run: clot_growth_px")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -163,60 +240,29 @@ def main(argv=None) -> int:
                                   f"fold {plan.training.get('val_fold')}")
         if a.held_out_run and (a.weight is None or a.confidence is None):
             raise StrokescanError("--held-out-run needs the --weight and --confidence chosen on the validation fold")
+        if a.candidate == "gate" and not a.detector_oof:
+            raise StrokescanError("--candidate gate needs --detector-oof (the detector CV's oof_predictions.csv)")
+        plan = _with(plan, a.set)
         data = build_cache(build_segmentation_manifest(), plan.slice_plan)
+        part = data.subset(np.nonzero(data.rows["patient"].map(fold_of(folds)).to_numpy() == a.fold)[0])
+        slice_probability = detector_probability(a.detector_oof, part.rows) if a.detector_oof else None
     except StrokescanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    part = data.subset(np.nonzero(data.rows["patient"].map(fold_of(folds)).to_numpy() == a.fold)[0])
     probs = predict_probs(model, part.images)
 
     if a.held_out_run:
-        chosen = dataclasses.replace(plan, hemorrhage_weight=a.weight, min_hemorrhage_confidence=a.confidence,
-                                     clot_growth_k=a.growth_k, clot_growth_px=a.growth_px)
+        chosen = dataclasses.replace(plan, hemorrhage_weight=a.weight, min_hemorrhage_confidence=a.confidence)
         t = evaluate_probs(probs, part, float(plan.training.get("baseline_k", 2.0)),
-                           edema_params=plan.training.get("edema_baseline"), plan=chosen)
+                           edema_params=plan.training.get("edema_baseline"), plan=chosen,
+                           slice_probability=slice_probability)
         out = a.held_out_run / f"fold{a.fold}"
         out.mkdir(parents=True, exist_ok=True)
         t.assign(fold=a.fold).to_csv(out / "per_slice.csv", index=False)
-        print(json.dumps({"setting": {"weight": a.weight, "confidence": a.confidence, "growth_k": a.growth_k,
-                                      "growth_px": a.growth_px}, **measures(t)}))
+        print(json.dumps({"setting": clot_decision_text(chosen, gated=slice_probability is not None),
+                          **measures(t)}))
         return 0
-    if a.growth:
-        return _growth(a, plan, probs, part)
-
-    tables, rows = {}, []
-    for w, g in tqdm(list(itertools.product(WEIGHTS, CONFIDENCES)), desc="settings", unit="setting"):
-        t = evaluate_probs(probs, part, None, plan=dataclasses.replace(plan, hemorrhage_weight=w,
-                                                                       min_hemorrhage_confidence=g))
-        tables[(w, g)] = t
-        rows.append({"weight": w, "confidence": g, **measures(t)})
-    grid = pd.DataFrame(rows)
-    best = choose(grid)
-    plain = grid[(grid["weight"] == 1.0) & (grid["confidence"] == 0.0)].iloc[0]
-    tb, tp = tables[(best["weight"], best["confidence"])], tables[(1.0, 0.0)]
-    tests = {"(a) F lower by >= %.2f" % F_GAIN: plain["F"] - best["F"] >= F_GAIN,
-             "(b) D not lower by > %.2f" % D_MARGIN: best["D"] >= plain["D"] - D_MARGIN,
-             "(c) E not lower by > %.2f" % E_MARGIN: best["E"] >= plain["E"] - E_MARGIN}
-    lines = [f"# Clot decision set on validation fold {a.fold} (rule: reports/segmentation/ship_rule_v0.4.1.md)", "",
-             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold}"
-             f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} "
-             f"(weights sha256 {plan.weights_sha256[:16]}). Slices: D on {int(plain['n_D'])} slices with blood, "
-             f"F on {int(plain['n_F'])} ctich-masks lesion-free slices, E on {int(plain['n_E'])} phe-sich slices "
-             f"with edema ({part.rows['patient'].nunique()} patients in the fold).", "",
-             "| hemorrhage_weight | min_hemorrhage_confidence | D clot Dice | F lesion-free slices with clot | E edema Dice |",
-             "|---|---|---|---|---|"]
-    for r in grid.itertuples():
-        mark = " **chosen**" if (r.weight, r.confidence) == (best["weight"], best["confidence"]) else ""
-        lines.append(f"| {r.weight:g} | {r.confidence:g}{mark} | {r.D:.3f} | {r.F:.3f} | {r.E:.3f} |")
-    lines += ["", f"Chosen: weight {best['weight']:g}, confidence {best['confidence']:g}. Against the plain decision "
-              "(v0.4.0), paired per slice, mean [95 % patient-bootstrap CI]:", "",
-              f"- D clot Dice: {best['D']:.3f} vs {plain['D']:.3f}, {paired(tb, tp, 'hemorrhage', None, 'dice')}",
-              f"- F lesion-free ctich-masks slices with clot: {best['F']:.3f} vs {plain['F']:.3f}, "
-              f"{paired(tb, tp, 'hemorrhage', 'ctich-masks', 'fp')}",
-              f"- E phe-sich edema Dice: {best['E']:.3f} vs {plain['E']:.3f}, {paired(tb, tp, 'edema', 'phe-sich', 'dice')}",
-              ]
-    return _decide(lines, tests, "ship the calibrated decision as v0.4.1", "keep v0.4.0 as it is",
-                   {"weight": float(best["weight"]), "confidence": float(best["confidence"])}, a.out)
+    return _candidate(a, a.candidate, plan, probs, part, slice_probability)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from strokescan.errors import DataError, ModelError
 from strokescan.inference.quantification import abc2_ml, feret_diameters, quantify_series, slice_areas
 from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR
 from strokescan.models.unet import SegmenterPlan, UNetConfig, build_unet, load_segmenter, save_segmenter
+from strokescan.preprocessing.masking import head_masks
 from strokescan.preprocessing.pipeline import SlicePlan
 from strokescan.training.segmenter import allowed_classes, augment, partial_label_loss
 
@@ -686,15 +688,48 @@ def test_clot_growth_fills_the_hyperdense_clot_around_the_network_seed_only():
     ids = np.zeros_like(pixels)
     ids[(yy - 100) ** 2 + (xx - 80) ** 2 < 5 ** 2] = HEMORRHAGE
     ids[60:64, 60:64] = EDEMA
-    assert grow_clot(ids, pixels, False, 0.0, 10) is ids  # off by default
-    grown = grow_clot(ids, pixels, False, 2.0, 20)
+    brain = head_masks(pixels, False).brain
+    assert grow_clot(ids, pixels, False, brain, 0.0, 10) is ids  # off by default
+    grown = grow_clot(ids, pixels, False, brain, 2.0, 20)
     clot = (yy - 100) ** 2 + (xx - 80) ** 2 < 12 ** 2
     assert (grown == HEMORRHAGE).sum() > 3 * (ids == HEMORRHAGE).sum()
     assert _dice(grown == HEMORRHAGE, clot) > 0.8  # the whole clot, not the brain around it
     assert not (grown[(yy - 100) ** 2 + (xx - 130) ** 2 < 8 ** 2] == HEMORRHAGE).any()  # no new lesion
     assert (grown[60:64, 60:64] == EDEMA).all()
-    near = grow_clot(ids, pixels, False, 2.0, 3)  # at most 3 px from the seed
+    near = grow_clot(ids, pixels, False, brain, 2.0, 3)  # at most 3 px from the seed
     assert (near == HEMORRHAGE).sum() < (grown == HEMORRHAGE).sum()
     plan = SegmenterPlan(hemorrhage_weight=3.0, min_hemorrhage_confidence=0.95, clot_growth_k=2.0, clot_growth_px=10)
     assert clot_decision_text(plan) == "weight 3, min confidence 0.95, growth k 2 within 10 px"
     assert clot_decision_text(SegmenterPlan()) == "weight 1, min confidence 0"
+
+
+def test_clot_inside_the_skull_and_the_detector_gate_in_the_shared_mask_step():
+    from strokescan.inference.segmenter import clot_decision_text, to_input_mask
+
+    yy, xx = np.mgrid[:200, :200]
+    pixels = np.zeros((200, 200), np.uint8)
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 < 85 ** 2] = 255  # skull
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 < 78 ** 2] = 90  # brain
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 >= 85 ** 2] = 60  # scalp and face: head, not skull cavity
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 >= 97 ** 2] = 0  # air
+    probs = np.zeros((4, 200, 200), np.float32)
+    probs[0] = 1.0
+    inside = (yy - 100) ** 2 + (xx - 70) ** 2 < 10 ** 2
+    outside = (np.abs(yy - 100) < 4) & (np.abs(xx - 190) < 4)  # in the scalp, 5 px beyond the skull
+    for region in (inside, outside):
+        probs[0][region], probs[HEMORRHAGE][region] = 0.0, 1.0
+    box = (0, 0, 200, 200)
+    plain = to_input_mask(probs, box, 0.0, pixels, False, SegmenterPlan(min_lesion_px=1))
+    assert (plain[inside] == HEMORRHAGE).all() and (plain[outside] == HEMORRHAGE).all()
+    skull = SegmenterPlan(min_lesion_px=1, clot_within_brain_px=0)
+    within = to_input_mask(probs, box, 0.0, pixels, False, skull)
+    assert (within[inside] == HEMORRHAGE).all() and not within[outside].any()
+    assert (to_input_mask(probs, box, 0.0, pixels, False, dataclasses.replace(skull, clot_within_brain_px=20))
+            [outside] == HEMORRHAGE).all()  # the cavity grown by 20 px reaches it
+    gate = SegmenterPlan(min_lesion_px=1, min_slice_probability=0.2)
+    assert not (to_input_mask(probs, box, 0.0, pixels, False, gate, slice_probability=0.1) == HEMORRHAGE).any()
+    assert (to_input_mask(probs, box, 0.0, pixels, False, gate, slice_probability=0.3)[inside] == HEMORRHAGE).all()
+    assert (to_input_mask(probs, box, 0.0, pixels, False, gate)[inside] == HEMORRHAGE).all()  # no detector: no gate
+    assert clot_decision_text(skull) == "weight 1, min confidence 0, inside the skull + 0 px"
+    assert clot_decision_text(gate, gated=True) == "weight 1, min confidence 0, detector gate 0.2"
+    assert clot_decision_text(gate) == "weight 1, min confidence 0, detector gate 0.2 (off: other detector)"

@@ -59,46 +59,60 @@ def decide_clot(probs: np.ndarray, weight: float = 1.0, min_confidence: float = 
     return out
 
 
-def clot_decision_text(plan: SegmenterPlan) -> str:
-    """The plan's clot decision in words (results name it: the weights' checksum does not cover it)."""
+def clot_decision_text(plan: SegmenterPlan, gated: bool = False) -> str:
+    """The plan's clot decision in words (results name it: the weights' checksum does not cover it); ``gated``:
+    the detector gate is applied (the Predictor has the detector it was set for)."""
     text = f"weight {plan.hemorrhage_weight:g}, min confidence {plan.min_hemorrhage_confidence:g}"
+    if plan.clot_within_brain_px >= 0:
+        text += f", inside the skull + {plan.clot_within_brain_px} px"
+    if plan.min_slice_probability > 0:
+        text += f", detector gate {plan.min_slice_probability:g}" + ("" if gated else " (off: other detector)")
     if plan.clot_growth_k > 0 and plan.clot_growth_px > 0:
         text += f", growth k {plan.clot_growth_k:g} within {plan.clot_growth_px} px"
     return text
 
 
 def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_deg: float,
-                  pixels: np.ndarray, is_hu: bool, plan: SegmenterPlan) -> np.ndarray:
+                  pixels: np.ndarray, is_hu: bool, plan: SegmenterPlan,
+                  slice_probability: float | None = None) -> np.ndarray:
     """One slice's model-frame probabilities -> its class-id mask on the input grid, with the plan's clot
-    decision, the head mask and the minimum component size (inference and evaluation share this)."""
+    decision, lesions inside the head only (clot inside the skull when the plan says so), the minimum component
+    size, the detector gate (when the detector's ``slice_probability`` is given) and the clot growth (inference
+    and evaluation share this)."""
     probs = decide_clot(probs, plan.hemorrhage_weight, plan.min_hemorrhage_confidence)
-    ids = from_model_frame(probs, box, rotation_deg, pixels.shape)
-    ids = postprocess(ids, pixels, is_hu, plan.min_lesion_px)
-    return grow_clot(ids, pixels, is_hu, plan.clot_growth_k, plan.clot_growth_px)
+    ids = from_model_frame(probs, box, rotation_deg, pixels.shape).astype(np.uint8)
+    if slice_probability is not None and slice_probability < plan.min_slice_probability:
+        ids[ids == HEMORRHAGE] = 0
+    if not ids.any():  # nothing to keep or drop (most slices): skip the head masks
+        return ids
+    masks = head_masks(pixels, is_hu)
+    ids[~masks.head] = 0
+    if plan.clot_within_brain_px >= 0:
+        ids[(ids == HEMORRHAGE) & ~_grown(masks.brain, plan.clot_within_brain_px)] = 0
+    ids = remove_small(ids, plan.min_lesion_px)
+    return grow_clot(ids, pixels, is_hu, masks.brain, plan.clot_growth_k, plan.clot_growth_px)
 
 
-def grow_clot(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, k: float, max_px: int) -> np.ndarray:
-    """Class-id mask whose clot has grown into the background pixels of the brain that are hyperdense
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` dilated by ``px`` pixels (Euclidean)."""
+    return mask if px <= 0 else ndi.distance_transform_edt(~mask) <= px
+
+
+def grow_clot(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, brain: np.ndarray, k: float,
+              max_px: int) -> np.ndarray:
+    """Class-id mask whose clot has grown into the background pixels of the ``brain`` mask that are hyperdense
     (:func:`~strokescan.preprocessing.density.hyperdense` with factor ``k``) and connected to it through such
     pixels, at most ``max_px`` pixels away. It starts from the network's clot only, so no slice gains clot where
     it had none; ``k <= 0`` changes nothing."""
     clot = ids == HEMORRHAGE
     if k <= 0 or max_px <= 0 or not clot.any():
         return ids
-    allowed = hyperdense(pixels, is_hu, head_masks(pixels, is_hu).brain, k) & (ids == 0)
+    allowed = hyperdense(pixels, is_hu, brain, k) & (ids == 0)
     allowed &= ndi.distance_transform_edt(~clot) <= max_px
     grown = ndi.binary_propagation(clot, structure=np.ones((3, 3), bool), mask=clot | allowed)
     out = ids.copy()
     out[grown] = HEMORRHAGE
     return out
-
-
-def postprocess(ids: np.ndarray, pixels: np.ndarray, is_hu: bool, min_px: int) -> np.ndarray:
-    """Lesions only inside the head (``head_masks``), components under ``min_px`` dropped."""
-    if not ids.any():  # nothing to keep or drop (most slices): skip the head mask
-        return ids.astype(np.uint8)
-    ids = np.where(head_masks(pixels, is_hu).head, ids, 0).astype(np.uint8)
-    return remove_small(ids, min_px)
 
 
 class Segmenter:
