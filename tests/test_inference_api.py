@@ -149,3 +149,35 @@ def test_an_unknown_operating_point_is_a_typed_error(untrained_classifier: Path)
 
     with pytest.raises(ModelError, match="operating point"):
         Predictor(untrained_classifier, operating_point="reckless")
+
+
+def _gated_segmenter(folder: Path, threshold: float, detector_sha256: str) -> Path:
+    """A copy of the bundled segmenter whose plan gates clot by the detector at ``threshold``."""
+    import shutil
+
+    from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR
+
+    shutil.copytree(DEFAULT_SEGMENTER_DIR, folder)
+    plan = json.loads((folder / "segmenter.json").read_text())
+    plan.update(min_slice_probability=threshold, gate_detector_sha256=detector_sha256)
+    (folder / "segmenter.json").write_text(json.dumps(plan))
+    return folder
+
+
+def test_the_detector_gate_applies_with_the_detector_it_was_set_for_only(predictor: Predictor, tmp_path: Path,
+                                                                         caplog) -> None:
+    from strokescan.core.labels import HEMORRHAGE
+
+    scan = load_scan(BLEED)
+    p = float(predictor.analyse(scan).slices[0].probability)
+    assert (predictor.analyse(scan).masks[0] == HEMORRHAGE).any()
+    mine = predictor.plan.weights_sha256
+    above = Predictor(segmenter_dir=_gated_segmenter(tmp_path / "above", p + 0.01, mine)).analyse(scan)
+    assert not (above.masks[0] == HEMORRHAGE).any()  # its detector says less than the gate: no clot
+    assert above.model["segmenter_clot_decision"].endswith(f"detector gate {p + 0.01:g}")
+    below = Predictor(segmenter_dir=_gated_segmenter(tmp_path / "below", p - 0.01, mine)).analyse(scan)
+    assert np.array_equal(below.masks[0], predictor.analyse(scan).masks[0])
+    with caplog.at_level("WARNING"):
+        other = Predictor(segmenter_dir=_gated_segmenter(tmp_path / "other", p + 0.01, "0" * 64)).analyse(scan)
+    assert (other.masks[0] == HEMORRHAGE).any() and "another detector" in caplog.text
+    assert other.model["segmenter_clot_decision"].endswith("(off: other detector)")

@@ -89,13 +89,16 @@ class Predictor:
             raise ModelError(f"unknown operating point {self.operating_point!r} (choose from {', '.join(OPERATING_POINTS)})")
         self.rotation = RotationEstimator(orientation_dir)
         self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
+        self._gated = self.segmenter is not None and self.segmenter.gates_with(self.plan.weights_sha256)
+        if self.segmenter is not None and self.segmenter.plan.min_slice_probability > 0 and not self._gated:
+            log.warning("the segmenter's detector gate was set for another detector: clot is not gated")
         self.batch_size = batch_size
 
     @property
     def model_info(self) -> dict[str, str]:
         info = {"classifier_sha256": self.plan.weights_sha256[:16], "strokescan": __version__}
         if self.segmenter is not None:
-            info.update(self.segmenter.model_info)
+            info.update(self.segmenter.model_info(self._gated))
         return info
 
     def prepare(self, scan: Scan) -> PreparedScan:
@@ -123,11 +126,16 @@ class Predictor:
         logits = self.logits(prepared)
         return np.stack([c(logits[:, j]) for j, c in enumerate(self.calibrators)], axis=1)
 
-    def segment(self, prepared: PreparedScan) -> list[np.ndarray]:
-        """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid."""
+    def segment(self, prepared: PreparedScan, probabilities: np.ndarray | None = None) -> list[np.ndarray]:
+        """Class-id masks (:class:`~strokescan.core.labels.LesionClass`), one per slice, in the scan's grid. When
+        the segmenter's plan gates clot by the detector, ``probabilities`` (:meth:`classify`'s) are used, or
+        computed."""
         if self.segmenter is None or prepared.for_segmenter is None:
             raise ModelError("this Predictor has no segmenter (construct it with segment=True)")
-        return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self._pool)
+        gate = None
+        if self._gated:
+            gate = (probabilities if probabilities is not None else self.classify(prepared))[:, 0]
+        return self.segmenter.masks(prepared.scan, prepared.for_segmenter, self._pool, gate)
 
     def explain(self, prepared: PreparedScan, method: str = "gradcam", layer: str = CHOSEN_LAYER,
                 slices: Sequence[int] | None = None) -> list[HeatMap]:
@@ -173,7 +181,7 @@ class Predictor:
                     for j, name in enumerate(self.plan.outputs) if j > 0}
         masks = quantification = None
         if self.segmenter is not None:
-            masks = self.segment(prepared)
+            masks = self.segment(prepared, probs)
             quantification = self.quantify(scan, masks)
             for s, m in zip(slices, masks):
                 s.lesions = slice_areas(m, scan.pixel_spacing_mm)

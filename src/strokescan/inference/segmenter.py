@@ -123,10 +123,14 @@ class Segmenter:
         self.model.to(memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU
         self.batch_size = batch_size
 
-    @property
-    def model_info(self) -> dict[str, str]:
+    def model_info(self, gated: bool = False) -> dict[str, str]:
+        """What results name of this model (``gated``: its detector gate is applied)."""
         return {"segmenter_sha256": self.plan.weights_sha256[:16], "segmenter_arch": self.plan.unet.arch,
-                "segmenter_clot_decision": clot_decision_text(self.plan)}
+                "segmenter_clot_decision": clot_decision_text(self.plan, gated)}
+
+    def gates_with(self, detector_sha256: str) -> bool:
+        """Whether the plan's detector gate applies with the detector of these weights (the one it was set for)."""
+        return self.plan.min_slice_probability > 0 and self.plan.gate_detector_sha256 == detector_sha256
 
     def probabilities(self, prepared: list[PreparedSlice]) -> np.ndarray:
         """(n, C, S, S) float32 softmax in the model frame, for slices prepared with this model's plan."""
@@ -135,13 +139,14 @@ class Segmenter:
             probs = [torch.softmax(self.model(x[i:i + self.batch_size]), 1) for i in range(0, len(x), self.batch_size)]
         return torch.cat(probs).numpy()
 
-    def masks(self, scan: Scan, prepared: list[PreparedSlice], pool: Executor | None = None) -> list[np.ndarray]:
+    def masks(self, scan: Scan, prepared: list[PreparedSlice], pool: Executor | None = None,
+              slice_probability: np.ndarray | None = None) -> list[np.ndarray]:
         """One ``(rows, cols)`` uint8 class-id mask per slice, on the scan's own pixel grid (slices mapped back
-        in ``pool``'s threads when one is given)."""
+        in ``pool``'s threads when one is given); ``slice_probability``: the detector's per slice, for the gate."""
         probs = self.probabilities(prepared)
 
         def back_to_input(i: int) -> np.ndarray:
             return to_input_mask(probs[i], prepared[i].box, prepared[i].rotation_deg, scan.pixels[i], scan.is_hu,
-                                 self.plan)
+                                 self.plan, None if slice_probability is None else float(slice_probability[i]))
 
         return list((pool.map if pool is not None else map)(back_to_input, range(len(prepared))))
