@@ -198,12 +198,14 @@ def _with(plan: SegmenterPlan, settings: list[tuple[str, float]]) -> SegmenterPl
 
 def detector_probability(oof_csv: Path, rows: pd.DataFrame) -> np.ndarray:
     """Each row's out-of-fold detector probability of any hemorrhage (``oof_predictions.csv`` of a detector CV,
-    matched on the image file and frame); :class:`StrokescanError` when a row has none."""
+    matched on the image file), NaN (no gate) on sources the detector does not cover (the infarct sets);
+    :class:`StrokescanError` when a row of a covered source has none."""
     oof = pd.read_csv(oof_csv)
-    key = ["image_path", "frame"] if "frame" in oof and "frame" in rows else ["image_path"]
-    p = rows[key].merge(oof[key + ["p_any"]].drop_duplicates(key), on=key, how="left")["p_any"].to_numpy(float)
-    if np.isnan(p).any():
-        raise StrokescanError(f"{oof_csv} has no detector probability for {int(np.isnan(p).sum())} of the fold's "
+    p = rows[["image_path"]].merge(oof[["image_path", "p_any"]].drop_duplicates("image_path"), on="image_path",
+                                   how="left")["p_any"].to_numpy(float)
+    missing = np.isnan(p) & rows["source"].isin(set(oof["source"]) | {"ctich-masks"}).to_numpy()
+    if missing.any():
+        raise StrokescanError(f"{oof_csv} has no detector probability for {int(missing.sum())} of the fold's "
                               f"{len(p)} slices")
     return p
 

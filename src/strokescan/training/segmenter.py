@@ -426,7 +426,7 @@ def evaluate_probs(probs: np.ndarray, data: SegArrays, baseline_k: float | None,
                    edema_params: dict | None = None, plan: SegmenterPlan | None = None,
                    slice_probability: np.ndarray | None = None) -> pd.DataFrame:
     """:func:`evaluate_on` for probabilities already computed (one network pass, several decision settings);
-    ``slice_probability``: the detector's probability of any hemorrhage per row, for the plan's detector gate."""
+    ``slice_probability``: the detector's probability of any hemorrhage per row (NaN: none), for the plan's gate."""
     plan = plan or SegmenterPlan()
     preds, truths, labelled, base = [], [], [], []
     for i, (_, row) in enumerate(data.rows.iterrows()):
@@ -435,7 +435,8 @@ def evaluate_probs(probs: np.ndarray, data: SegArrays, baseline_k: float | None,
         box = tuple(json.loads(row["box"]))
         pixels, is_hu = row_slice(row, load)
         preds.append(to_input_mask(probs[i].astype(np.float32), box, float(row["rotation_deg"]), pixels, is_hu, plan,
-                                   None if slice_probability is None else float(slice_probability[i])))
+                                   None if slice_probability is None or np.isnan(slice_probability[i])
+                                   else float(slice_probability[i])))
         truths.append(ms.target)
         labelled.append(ms.labelled)
         if baseline_k is not None:
