@@ -94,8 +94,9 @@ def choose(grid: pd.DataFrame, plain: pd.Series) -> pd.Series:
     return near.sort_values(["F", "D"], ascending=[True, False]).iloc[0]
 
 
-def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value: str) -> str:
-    """Mean of a - b per slice with a patient-bootstrap 95 % CI (``value``: "dice" on slices holding the class,
+def paired_estimate(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None,
+                    value: str) -> tuple[float, float, float]:
+    """Mean of a - b per slice and its patient-bootstrap 95 % CI (``value``: "dice" on slices holding the class,
     "fp" on lesion-free slices)."""
     def part(t: pd.DataFrame) -> pd.DataFrame:
         t = t[(t["class"] == cls) & ((t["source"] == source) if source else True)]
@@ -103,7 +104,13 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value
         return t.set_index(["patient", "image_path", "frame"])["dice"]
     d = (part(a) - part(b)).dropna().reset_index(name="v")
     est = patient_bootstrap(d, lambda f: {"m": float(f["v"].mean())})["m"]
-    return f"{est['value']:+.3f} [{est['ci95'][0]:+.3f}, {est['ci95'][1]:+.3f}]"
+    return est["value"], est["ci95"][0], est["ci95"][1]
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value: str) -> str:
+    """:func:`paired_estimate` as text: ``+m [+lo, +hi]``."""
+    m, lo, hi = paired_estimate(a, b, cls, source, value)
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.ndarray, part,
@@ -124,10 +131,10 @@ def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.
         best = choose(grid, off)
     chosen = cand.settings[best.name]
     tb, to = tables[chosen], tables[cand.settings[0]]
-    d_diff = paired(tb, to, "hemorrhage", None, "dice")
+    d_mean, d_low, d_high = paired_estimate(tb, to, "hemorrhage", None, "dice")
     if cand.by_dice:
         tests = {f"D higher by >= {D_GAIN:.2f}": best["D"] - off["D"] >= D_GAIN,
-                 "paired CI of the D difference above 0": float(d_diff.split("[")[1].split(",")[0]) > 0}
+                 "paired CI of the D difference above 0": d_low > 0}
     else:
         tests = {f"F lower by >= {cand.f_gain:.2f}": off["F"] - best["F"] >= cand.f_gain,
                  f"D not lower by > {D_MARGIN:.2f}": best["D"] >= off["D"] - D_MARGIN}
@@ -149,7 +156,7 @@ def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.
         lines.append(f"| {values}{mark} | {r.D:.3f} | {r.F:.3f} | {r.E:.3f} |")
     lines += ["", f"Chosen: {', '.join(f'{f} {v:g}' for f, v in zip(cand.fields, chosen))}. Against off, paired per "
               "slice, mean [95 % patient-bootstrap CI]:", "",
-              f"- D clot Dice: {best['D']:.3f} vs {off['D']:.3f}, {d_diff}",
+              f"- D clot Dice: {best['D']:.3f} vs {off['D']:.3f}, {d_mean:+.3f} [{d_low:+.3f}, {d_high:+.3f}]",
               f"- F lesion-free ctich-masks slices with clot: {best['F']:.3f} vs {off['F']:.3f}, "
               f"{paired(tb, to, 'hemorrhage', 'ctich-masks', 'fp')}",
               f"- E phe-sich edema Dice: {best['E']:.3f} vs {off['E']:.3f}, {paired(tb, to, 'edema', 'phe-sich', 'dice')}",

@@ -80,7 +80,7 @@ def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_de
     size, the detector gate (when the detector's ``slice_probability`` is given) and the clot growth (inference
     and evaluation share this)."""
     probs = decide_clot(probs, plan.hemorrhage_weight, plan.min_hemorrhage_confidence)
-    ids = from_model_frame(probs, box, rotation_deg, pixels.shape).astype(np.uint8)
+    ids = from_model_frame(probs, box, rotation_deg, pixels.shape)  # a new uint8 array: edited in place below
     if slice_probability is not None and slice_probability < plan.min_slice_probability:
         ids[ids == HEMORRHAGE] = 0
     if not ids.any():  # nothing to keep or drop (most slices): skip the head masks
