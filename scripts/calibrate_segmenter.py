@@ -16,6 +16,13 @@ fold (its plan's ``val_fold``), never its held-out fold. ``--set FIELD=VALUE`` s
 on the plan first (v0.4.3's rule judges B, then H, then G2). ``--held-out-run DIR`` instead writes the chosen
 setting's held-out table as ``DIR/fold<k>/per_slice.csv`` (with the threshold baseline), for
 ``scripts/segmentation_clinical_figures.py DIR``: only after the decision.
+
+``--cv RUN [RUN ...]`` judges the grid on the pooled validation folds of a cross-validation instead: every fold
+model ``RUN/fold<k>/model`` predicts its own early-stopping fold, and together they hold every patient once
+(``reports/segmentation/cv_plan_v0.6.md``); with ``--held-out-run`` each fold model's held-out table is written.
+
+    .venv/bin/python scripts/calibrate_segmenter.py --cv /root/strokescan-runs/cv_r_a /root/strokescan-runs/cv_r_b \
+        --out reports/segmentation/cv_decision_v0.6.md
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ import argparse
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,7 +49,7 @@ from strokescan.errors import StrokescanError
 from strokescan.evaluation.metrics import patient_bootstrap
 from strokescan.inference.segmenter import DEFAULT_SEGMENTER_DIR, clot_decision_text
 from strokescan.models.unet import SegmenterPlan, load_segmenter
-from strokescan.training.segmenter import build_cache, evaluate_probs, folds_sha256, predict_probs
+from strokescan.training.segmenter import build_cache, evaluate_probs, folds_sha256, predict_probs, read_truths
 
 FP_TARGET = 0.05  # rule: highest D among settings with F <= this
 D_MARGIN = 0.02  # rule: otherwise the lowest F with D >= D(plain) - this; ship test (b)
@@ -113,16 +123,25 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, cls: str, source: str | None, value
     return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+_SHARED: dict = {}  # the arrays every setting is evaluated on, inherited by forked --jobs workers
+
+
+def _evaluate_setting(plan: SegmenterPlan) -> pd.DataFrame:
+    """One setting's per-slice table on the shared inputs (a module-level function: --jobs workers call it)."""
+    probs, part, slice_probability, truths = _SHARED["inputs"]
+    return evaluate_probs(probs, part, None, plan=plan, slice_probability=slice_probability, truths=truths)
+
+
 def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.ndarray, part,
-               slice_probability: np.ndarray | None) -> int:
+               slice_probability: np.ndarray | None, where: str, models: str) -> int:
     """One candidate's grid on top of ``plan``, its choice and ship test (the rule in ``CANDIDATES[name]``)."""
     cand = CANDIDATES[name]
-    tables, rows = {}, []
-    for setting in tqdm(cand.settings, desc="settings", unit="setting"):
-        t = evaluate_probs(probs, part, None, plan=dataclasses.replace(plan, **dict(zip(cand.fields, setting))),
-                           slice_probability=slice_probability)
-        tables[setting] = t
-        rows.append({**dict(zip(cand.fields, setting)), **measures(t)})
+    plans = [dataclasses.replace(plan, **dict(zip(cand.fields, setting))) for setting in cand.settings]
+    _SHARED["inputs"] = (probs, part, slice_probability, read_truths(part))
+    with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("fork")) if a.jobs > 1 else nullcontext() as pool:
+        evaluated = (pool.map if pool else map)(_evaluate_setting, plans)
+        tables = dict(zip(cand.settings, tqdm(evaluated, total=len(plans), desc="settings", unit="setting")))
+    rows = [{**dict(zip(cand.fields, setting)), **measures(t)} for setting, t in tables.items()]
     grid = pd.DataFrame(rows)
     off = grid.iloc[0]
     if cand.by_dice:
@@ -140,12 +159,13 @@ def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.
                  f"D not lower by > {D_MARGIN:.2f}": best["D"] >= off["D"] - D_MARGIN}
     tests[f"E not lower by > {E_MARGIN:.2f}"] = best["E"] >= off["E"] - E_MARGIN
     stacked = "".join(f" --set {s}" for s in a.set)
-    lines = [f"# Candidate {name} set on validation fold {a.fold} (rule: reports/segmentation/{cand.rule})", "",
-             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py --fold {a.fold} "
+    source = " ".join(["--cv", *map(_shown, a.cv)]) if a.cv else f"--fold {a.fold}"
+    lines = [f"# Candidate {name} set on {where} (rule: reports/segmentation/{cand.rule})", "",
+             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py {source} "
              f"{'--growth' if name == 'growth' else f'--candidate {name}'}{stacked}"
              f"{f' --detector-oof {_shown(a.detector_oof)}' if a.detector_oof else ''}"
-             f"{f' --out {a.out}' if a.out else ''}`; model {_shown(a.model)} (weights sha256 "
-             f"{plan.weights_sha256[:16]}; decision before the candidate: {clot_decision_text(plan, gated=True)}). "
+             f"{f' --out {a.out}' if a.out else ''}`; {models}; decision before the candidate: "
+             f"{clot_decision_text(plan, gated=True)}. "
              f"Slices: D on {int(off['n_D'])} slices with blood, F on {int(off['n_F'])} ctich-masks lesion-free "
              f"slices, E on {int(off['n_E'])} phe-sich slices with edema.", "",
              f"| {' | '.join(cand.fields)} | D clot Dice | F lesion-free slices with clot | E edema Dice |",
@@ -217,11 +237,90 @@ def detector_probability(oof_csv: Path, rows: pd.DataFrame) -> np.ndarray:
     return p
 
 
+class FoldPredictions(NamedTuple):
+    """One model's class probabilities on the slices of one fold."""
+
+    fold: int
+    plan: SegmenterPlan
+    rows: np.ndarray  # indices into the cached data
+    probs: np.ndarray
+
+
+def _models(a: argparse.Namespace, folds: dict) -> list[tuple[torch.nn.Module, SegmenterPlan]]:
+    """``--model``, or the fold models of the ``--cv`` run folders (``RUN/fold<k>/model``, one per held-out
+    fold), checked against ``folds``; :class:`StrokescanError` when they do not fit it."""
+    if not a.cv:
+        model, plan = load_segmenter(a.model)
+        if folds_sha256(folds) != plan.training.get("folds_sha256"):
+            raise StrokescanError(f"{a.folds} is not the split {a.model} was trained on")
+        if a.fold == plan.training.get("test_fold") and not a.held_out_run:
+            raise StrokescanError(f"fold {a.fold} is the model's held-out fold: set the decision on its validation "
+                                  f"fold {plan.training.get('val_fold')}")
+        return [(model, plan)]
+    found = sorted(d for run in a.cv for d in Path(run).glob("fold*/model") if (d / "segmenter.json").is_file())
+    if not found:
+        raise StrokescanError(f"no finished fold model (fold<k>/model) in {', '.join(map(str, a.cv))}")
+    models, held_out = [], set()
+    for d in found:
+        model, plan = load_segmenter(d)
+        if plan.training.get("folds_sha256") != folds_sha256(folds):
+            raise StrokescanError(f"{d} was not trained on the split of --folds")
+        if plan.training.get("test_fold") in held_out:
+            raise StrokescanError(f"two fold models hold out fold {plan.training.get('test_fold')} ({d})")
+        held_out.add(plan.training.get("test_fold"))
+        models.append((model, plan))
+    return models
+
+
+def _predictions(a: argparse.Namespace, models: list, data, fold: np.ndarray) -> tuple[list[FoldPredictions], str, str]:
+    """Each model's probabilities on ``--fold``, or with ``--cv`` on its validation fold (its held-out fold with
+    ``--held-out-run``); where they come from, and which models made them."""
+    if not a.cv:
+        (model, plan), = models
+        rows = np.nonzero(fold == a.fold)[0]
+        return ([FoldPredictions(a.fold, plan, rows, predict_probs(model, data.images[rows]))],
+                f"validation fold {a.fold}", f"model {_shown(a.model)} (weights sha256 {plan.weights_sha256[:16]})")
+    key = "test_fold" if a.held_out_run else "val_fold"
+    out = []
+    for model, plan in tqdm(models, desc="fold models", unit="model"):
+        rows = np.nonzero(fold == plan.training[key])[0]
+        out.append(FoldPredictions(plan.training[key], plan, rows, predict_probs(model, data.images[rows])))
+    held = sorted(p.training["test_fold"] for _, p in models)
+    return (out, f"the pooled validation folds of {len(models)} CV fold models",
+            f"{len(models)} fold models (held-out folds {', '.join(map(str, held))}; weights sha256 "
+            + ", ".join(p.weights_sha256[:8] for _, p in models) + ")")
+
+
+def _held_out_tables(a: argparse.Namespace, data, predictions: list[FoldPredictions]) -> int:
+    """Each fold's table with the setting chosen on validation (``--weight``, ``--confidence``, ``--set``), written
+    as ``--held-out-run``/fold<k>/per_slice.csv with the threshold baselines of the model's training folds."""
+    tables = []
+    for p in predictions:
+        chosen = dataclasses.replace(_with(p.plan, a.set), hemorrhage_weight=a.weight,
+                                     min_hemorrhage_confidence=a.confidence)
+        part = data.subset(p.rows)
+        slice_probability = detector_probability(a.detector_oof, part.rows) if a.detector_oof else None
+        t = evaluate_probs(p.probs, part, float(p.plan.training.get("baseline_k", 2.0)),
+                           edema_params=p.plan.training.get("edema_baseline"), plan=chosen,
+                           slice_probability=slice_probability).assign(fold=p.fold)
+        out = a.held_out_run / f"fold{p.fold}"
+        out.mkdir(parents=True, exist_ok=True)
+        t.to_csv(out / "per_slice.csv", index=False)
+        tables.append(t)
+        print(json.dumps({"fold": p.fold, "setting": clot_decision_text(chosen, gated=slice_probability is not None),
+                          **measures(t)}))
+    if len(tables) > 1:
+        print(json.dumps({"fold": "pooled", **measures(pd.concat(tables, ignore_index=True))}))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_SEGMENTER_DIR, help="segmenter folder (default: bundled)")
     ap.add_argument("--folds", type=Path, default=DEFAULT_FOLDS, help="the model's folds file (its sha256 is checked)")
-    ap.add_argument("--fold", type=int, required=True, help="validation fold to set the decision on")
+    ap.add_argument("--fold", type=int, help="validation fold to set the decision on")
+    ap.add_argument("--cv", type=Path, nargs="+", metavar="RUN", help="instead of --model and --fold: CV run folders; "
+                    "each fold<k>/model predicts its validation fold and the grid is judged on them pooled")
     ap.add_argument("--out", type=Path, help="write the Markdown report here too")
     ap.add_argument("--candidate", choices=list(CANDIDATES), default="decision",
                     help="what to set: the clot decision (v0.4.1's rule, default) or a later candidate on top of "
@@ -232,46 +331,40 @@ def main(argv=None) -> int:
                     help="a plan value applied first (a decision already taken; repeatable)")
     ap.add_argument("--detector-oof", type=Path, help="the detector CV's oof_predictions.csv: slice probabilities "
                     "for the detector gate (needed by --candidate gate and by a gated held-out table)")
-    ap.add_argument("--held-out-run", type=Path, help="write the chosen setting's table of --fold here instead "
-                    "(with --weight and --confidence, and --set for the rest: the setting chosen on validation)")
+    ap.add_argument("--held-out-run", type=Path, help="write the chosen setting's table of --fold (with --cv: of "
+                    "each fold model's held-out fold) here instead (with --weight and --confidence, and --set for "
+                    "the rest: the setting chosen on validation)")
     ap.add_argument("--weight", type=float, help="with --held-out-run: hemorrhage_weight")
     ap.add_argument("--confidence", type=float, help="with --held-out-run: min_hemorrhage_confidence")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the network pass")
+    ap.add_argument("--jobs", type=int, default=1, help="settings evaluated side by side (processes; one per core)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
-        model, plan = load_segmenter(a.model)
-        folds = read_folds(a.folds)
-        if folds_sha256(folds) != plan.training.get("folds_sha256"):
-            raise StrokescanError(f"{a.folds} is not the split {a.model} was trained on")
-        if a.fold == plan.training.get("test_fold") and not a.held_out_run:
-            raise StrokescanError(f"fold {a.fold} is the model's held-out fold: set the decision on its validation "
-                                  f"fold {plan.training.get('val_fold')}")
+        if (a.fold is None) == (not a.cv):
+            raise StrokescanError("give either --fold (one model) or --cv (the fold models of a CV)")
         if a.held_out_run and (a.weight is None or a.confidence is None):
             raise StrokescanError("--held-out-run needs the --weight and --confidence chosen on the validation fold")
         if a.candidate == "gate" and not a.detector_oof:
             raise StrokescanError("--candidate gate needs --detector-oof (the detector CV's oof_predictions.csv)")
-        plan = _with(plan, a.set)
-        data = build_cache(build_segmentation_manifest(), plan.slice_plan)
-        part = data.subset(np.nonzero(data.rows["patient"].map(fold_of(folds)).to_numpy() == a.fold)[0])
+        folds = read_folds(a.folds)
+        models = _models(a, folds)
+        if len({plan.slice_plan for _, plan in models}) > 1:
+            raise StrokescanError("the fold models prepare their slices differently")
+        data = build_cache(build_segmentation_manifest(), models[0][1].slice_plan)
+        fold = data.rows["patient"].map(fold_of(folds)).to_numpy()
+        predictions, where, made_by = _predictions(a, models, data, fold)
+        if a.held_out_run:
+            return _held_out_tables(a, data, predictions)
+        rows = np.concatenate([p.rows for p in predictions])
+        part = data.subset(rows)
         slice_probability = detector_probability(a.detector_oof, part.rows) if a.detector_oof else None
     except StrokescanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    probs = predict_probs(model, part.images)
-
-    if a.held_out_run:
-        chosen = dataclasses.replace(plan, hemorrhage_weight=a.weight, min_hemorrhage_confidence=a.confidence)
-        t = evaluate_probs(probs, part, float(plan.training.get("baseline_k", 2.0)),
-                           edema_params=plan.training.get("edema_baseline"), plan=chosen,
-                           slice_probability=slice_probability)
-        out = a.held_out_run / f"fold{a.fold}"
-        out.mkdir(parents=True, exist_ok=True)
-        t.assign(fold=a.fold).to_csv(out / "per_slice.csv", index=False)
-        print(json.dumps({"setting": clot_decision_text(chosen, gated=slice_probability is not None),
-                          **measures(t)}))
-        return 0
-    return _candidate(a, a.candidate, plan, probs, part, slice_probability)
+    probs = np.concatenate([p.probs for p in predictions])
+    plan = _with(predictions[0].plan, a.set)
+    return _candidate(a, a.candidate, plan, probs, part, slice_probability, where, made_by)
 
 
 if __name__ == "__main__":

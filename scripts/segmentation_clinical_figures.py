@@ -1,7 +1,10 @@
-"""Clot figures a clinician reads, from a segmentation run's held-out per-slice tables (ctich-masks patients):
-Dice per subtype, lesion-level sensitivity, false-positive slices, and per-patient volume agreement.
+"""Clot figures a clinician reads, from the held-out per-slice tables of one segmentation run or of the runs of
+a cross-validation (ctich-masks patients): Dice per subtype, lesion-level sensitivity, false-positive slices,
+per-patient volume agreement; with several folds also the figures per fold, and per source the U-Net beside the
+threshold baseline (paired).
 
     .venv/bin/python scripts/segmentation_clinical_figures.py runs/seg_clot [--out reports/segmentation/clot.md]
+    .venv/bin/python scripts/segmentation_clinical_figures.py RUN_A RUN_B RUN_C   # a CV split over three runs
 
 Volumes: the ctich-kaggle JPEGs carry no spacing. CT-ICH's raw export is 512 x 512 with 5 mm slices; its pixel
 spacing is taken as 0.5 mm here (an assumption, stated in the output), so one JPEG pixel (650 px for 512)
@@ -20,6 +23,7 @@ import pandas as pd
 
 from strokescan.datasets.local import CTICH_JPEG_PIXEL_MM, CTICH_SLICE_MM, SUBTYPES, load_ctich_masks
 from strokescan.evaluation.metrics import patient_bootstrap, volume_agreement
+from strokescan.evaluation.segmentation import compare_methods
 
 ML_PER_PIXEL = CTICH_JPEG_PIXEL_MM * CTICH_JPEG_PIXEL_MM * CTICH_SLICE_MM / 1000.0
 
@@ -27,6 +31,38 @@ ML_PER_PIXEL = CTICH_JPEG_PIXEL_MM * CTICH_JPEG_PIXEL_MM * CTICH_SLICE_MM / 1000
 def _ci(frame: pd.DataFrame, stat) -> str:
     est = patient_bootstrap(frame.reset_index(drop=True), lambda f: {"s": float(stat(f))})["s"]
     return f"{est['value']:.3f} [{est['ci95'][0]:.2f}, {est['ci95'][1]:.2f}]"
+
+
+def per_fold(table: pd.DataFrame) -> list[str]:
+    """One row per held-out fold and one pooled: the U-Net's clot, false-positive, phe-sich and bhsd figures."""
+    def row(name: str, t: pd.DataFrame) -> str:
+        u = t[t["method"] == "unet"]
+        clot = u[(u["class"] == "hemorrhage") & (u["source"] == "ctich-masks")]
+        pos, neg = clot[clot["true_px"] > 0], clot[clot["true_px"] == 0]
+        phe = u[(u["source"] == "phe-sich") & (u["true_px"] > 0)]
+        bhsd = u[(u["source"] == "bhsd-mini") & (u["class"] == "hemorrhage") & (u["true_px"] > 0)]
+
+        def mean(f: pd.DataFrame) -> str:
+            return f"{f['dice'].mean():.3f} ({len(f)})" if len(f) else "n/a"
+        return (f"| {name} | {pos['patient'].nunique()} | {mean(pos)} | "
+                f"{(neg['pred_px'] > 0).mean():.3f} ({len(neg)}) | {mean(phe[phe['class'] == 'hemorrhage'])} | "
+                f"{mean(phe[phe['class'] == 'edema'])} | {mean(bhsd)} |")
+    lines = ["| held-out fold | ctich patients with blood | ctich clot Dice (slices) | lesion-free slices with clot (n) "
+             "| phe-sich derived clot Dice (slices) | phe-sich edema Dice (slices) | bhsd-mini clot Dice (slices) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [row(str(k), g) for k, g in table.groupby("fold")]
+    return [*lines, row("pooled", table)]
+
+
+def beside_baseline(table: pd.DataFrame) -> list[str]:
+    """Per source and class, the U-Net minus the threshold baseline on the same slices (paired, 95 % CI)."""
+    paired = compare_methods(table)
+    lines = ["| source | class | slices (patients) | U-Net | baseline | difference [95 % CI] |", "|---|---|---|---|---|---|"]
+    for r in paired.to_dict("records"):
+        lo, hi = r["difference_ci95"]
+        lines.append(f"| {r['source']} | {r['class']} | {r['n_slices']} ({r['n_patients']}) | {r['dice_method']:.3f} | "
+                     f"{r['dice_baseline']:.3f} | {r['dice_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    return lines
 
 
 def figures(table: pd.DataFrame) -> list[str]:
@@ -68,14 +104,23 @@ def figures(table: pd.DataFrame) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dir", type=Path, nargs="+", help="run folders holding fold<k>/per_slice.csv")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
-    tables = [pd.read_csv(p) for p in sorted(a.run_dir.glob("fold*/per_slice.csv"))]
-    if not tables:
-        print(f"error: no fold*/per_slice.csv in {a.run_dir}", file=sys.stderr)
+    paths = sorted(p for run in a.run_dir for p in run.glob("fold*/per_slice.csv"))
+    if not paths:
+        print(f"error: no fold*/per_slice.csv in {', '.join(map(str, a.run_dir))}", file=sys.stderr)
         return 2
-    text = "\n".join(figures(pd.concat(tables, ignore_index=True)))
+    table = pd.concat([pd.read_csv(p, dtype={"source_patient": str}) for p in paths], ignore_index=True)
+    if table.duplicated(["method", "class", "image_path", "frame"]).any():
+        print("error: a slice is held out in two of these tables: give each fold once", file=sys.stderr)
+        return 2
+    lines = figures(table)
+    if table["fold"].nunique() > 1:
+        lines += ["", f"Per held-out fold ({table['fold'].nunique()} folds; U-Net):", "", *per_fold(table)]
+    lines += ["", "U-Net beside the threshold baseline, paired on the same slices holding the class:", "",
+              *beside_baseline(table)]
+    text = "\n".join(lines)
     print(text)
     if a.out:
         a.out.write_text(text + "\n")

@@ -674,6 +674,60 @@ def test_clot_calibration_refuses_the_held_out_fold_and_a_foreign_split(tmp_path
     assert "not the split" in capsys.readouterr().err
 
 
+def test_clot_calibration_on_a_cv_takes_one_finished_model_per_fold_of_the_split(tmp_path, capsys):
+    script = _script("calibrate_segmenter")
+    assert script.main(["--cv", str(tmp_path)]) == 2
+    assert "no finished fold model" in capsys.readouterr().err
+    assert script.main(["--fold", "1", "--cv", str(tmp_path)]) == 2
+    assert "either --fold" in capsys.readouterr().err
+    model, plan = load_segmenter(DEFAULT_SEGMENTER_DIR)
+
+    def fold_model(run: str, k: int, **training) -> None:
+        fields = {**plan.training, "test_fold": k, "val_fold": (k + 1) % 5, **training}
+        save_segmenter(model, dataclasses.replace(plan, training=fields), tmp_path / run / f"fold{k}" / "model")
+
+    fold_model("a", 0)
+    (tmp_path / "a" / "fold2").mkdir()  # a fold still training: no model yet, not counted
+    fold_model("b", 0)
+    assert script.main(["--cv", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "two fold models hold out fold 0" in capsys.readouterr().err
+    fold_model("c", 1, folds_sha256="0" * 64)
+    assert script.main(["--cv", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    assert "not trained on the split" in capsys.readouterr().err
+
+
+def test_clinical_figures_pool_the_folds_of_several_runs_and_refuse_a_slice_held_out_twice(tmp_path, capsys):
+    script = _script("segmentation_clinical_figures")
+
+    def fold_table(run: str, k: int, dice: float) -> None:
+        rows = []
+        for p in range(3):  # three ctich patients with a clot slice and a lesion-free slice each, one phe-sich slice
+            for method, d in (("unet", dice), ("threshold", 0.2)):
+                patient = f"ctich-kaggle:{k}{p}"
+                rows += [dict(source="ctich-masks", patient=patient, image_path=f"/x/{k}{p}_1.jpg", frame=-1,
+                              method=method, **{"class": "hemorrhage"}, true_px=500, pred_px=400, dice=d, found=1,
+                              lesions=1, fold=k),
+                         dict(source="ctich-masks", patient=patient, image_path=f"/x/{k}{p}_2.jpg", frame=-1,
+                              method=method, **{"class": "hemorrhage"}, true_px=0, pred_px=(p == 0) * 30,
+                              dice=float("nan"), found=0, lesions=0, fold=k)]
+            rows.append(dict(source="phe-sich", patient=f"phe-sich:{k}{p}", image_path=f"/y/{k}{p}.png", frame=-1,
+                             method="unet", **{"class": "edema"}, true_px=900, pred_px=800, dice=0.5, found=1,
+                             lesions=1, fold=k))
+        (tmp_path / run / f"fold{k}").mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(tmp_path / run / f"fold{k}" / "per_slice.csv", index=False)
+
+    fold_table("a", 0, 0.6)
+    fold_table("b", 1, 0.4)
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "| 0 | 3 | 0.600 (3) | 0.333 (3) | n/a | 0.500 (3) | n/a |" in text  # fold 0: 1 of 3 lesion-free painted
+    assert "| pooled | 6 | 0.500 (6) | 0.333 (6) |" in text
+    assert "| ctich-masks | hemorrhage | 6 (6) | 0.500 | 0.200 | +0.300" in text  # paired with the baseline
+    fold_table("c", 1, 0.4)
+    assert script.main([str(tmp_path / "b"), str(tmp_path / "c")]) == 2
+    assert "held out in two" in capsys.readouterr().err
+
+
 def test_clot_growth_fills_the_hyperdense_clot_around_the_network_seed_only():
     from strokescan.inference.segmenter import clot_decision_text, grow_clot
 

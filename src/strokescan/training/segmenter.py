@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT, LESION_CLASSES, N
 from strokescan.datasets.lesion_masks import (
     PUBLIC_LABELLED,
     SOURCE_LABELLED,
+    MaskSample,
     build_segmentation_manifest,
     decode_sample,
     make_source_folds,
@@ -422,22 +424,39 @@ def evaluate_on(model: torch.nn.Module, data: SegArrays, baseline_k: float | Non
     return evaluate_probs(predict_probs(model, data.images), data, baseline_k, load, edema_params, plan)
 
 
+class SliceTruth(NamedTuple):
+    """What evaluating one row reads from disk: its input pixels and its reference labels (input grid)."""
+
+    pixels: np.ndarray
+    is_hu: bool
+    sample: MaskSample
+
+
+def read_truths(data: SegArrays, load=None) -> list[SliceTruth]:
+    """Every row's pixels and labels, read once for several evaluations of the same slices."""
+    out = []
+    for _, row in data.rows.iterrows():
+        pixels, is_hu = row_slice(row, load)
+        out.append(SliceTruth(pixels, is_hu, decode_sample(row, shape=(int(row["rows"]), int(row["cols"])))))
+    return out
+
+
 def evaluate_probs(probs: np.ndarray, data: SegArrays, baseline_k: float | None, load=None,
                    edema_params: dict | None = None, plan: SegmenterPlan | None = None,
-                   slice_probability: np.ndarray | None = None) -> pd.DataFrame:
+                   slice_probability: np.ndarray | None = None,
+                   truths: list[SliceTruth] | None = None) -> pd.DataFrame:
     """:func:`evaluate_on` for probabilities already computed (one network pass, several decision settings);
-    ``slice_probability``: the detector's probability of any hemorrhage per row (NaN: none), for the plan's gate."""
+    ``slice_probability``: the detector's probability of any hemorrhage per row (NaN: none), for the plan's gate;
+    ``truths``: :func:`read_truths` of ``data``, when several settings are evaluated on the same rows."""
     plan = plan or SegmenterPlan()
-    preds, truths, labelled, base = [], [], [], []
+    truths = truths if truths is not None else read_truths(data, load)
+    preds, labelled, base = [], [], []
     for i, (_, row) in enumerate(data.rows.iterrows()):
-        shape = (int(row["rows"]), int(row["cols"]))
-        ms = decode_sample(row, shape=shape)
+        pixels, is_hu, ms = truths[i]
         box = tuple(json.loads(row["box"]))
-        pixels, is_hu = row_slice(row, load)
         preds.append(to_input_mask(probs[i].astype(np.float32), box, float(row["rotation_deg"]), pixels, is_hu, plan,
                                    None if slice_probability is None or np.isnan(slice_probability[i])
                                    else float(slice_probability[i])))
-        truths.append(ms.target)
         labelled.append(ms.labelled)
         if baseline_k is not None:
             ids = threshold_baseline(pixels, is_hu, k=baseline_k)
@@ -445,6 +464,7 @@ def evaluate_probs(probs: np.ndarray, data: SegArrays, baseline_k: float | None,
                 ids[(ids == 0) & (edema_baseline(pixels, is_hu, **edema_params) > 0)] = EDEMA
             base.append(ids)
     labelled = np.array(labelled)
+    truths = [t.sample.target for t in truths]
     tables = [evaluate_slices(data.rows, preds, truths, labelled, "unet")]
     if baseline_k is not None:
         lab_h = labelled.copy()
