@@ -21,7 +21,7 @@ setting's held-out table as ``DIR/fold<k>/per_slice.csv`` (with the threshold ba
 model ``RUN/fold<k>/model`` predicts its own early-stopping fold, and together they hold every patient once
 (``reports/segmentation/cv_plan_v0.6.md``); with ``--held-out-run`` each fold model's held-out table is written.
 
-    .venv/bin/python scripts/calibrate_segmenter.py --cv /root/strokescan-runs/cv_r_a /root/strokescan-runs/cv_r_b \
+    .venv/bin/python scripts/calibrate_segmenter.py --cv reports/segmentation/cv_r_v0.6 --jobs 2 \
         --out reports/segmentation/cv_decision_v0.6.md
 """
 
