@@ -181,7 +181,9 @@ def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.
               f"{paired(tb, to, 'hemorrhage', 'ctich-masks', 'fp')}",
               f"- E phe-sich edema Dice: {best['E']:.3f} vs {off['E']:.3f}, {paired(tb, to, 'edema', 'phe-sich', 'dice')}",
               ]
-    return _decide(lines, tests, f"ship candidate {name} as {cand.version}", "keep the model as it is",
+    ship_text = (f"keep the chosen setting (a CV's ship rule is judged apart, on its plan's fold)" if a.cv
+                 else f"ship candidate {name} as {cand.version}")
+    return _decide(lines, tests, ship_text, "keep the model as it is",
                    {f: float(v) for f, v in zip(cand.fields, chosen)}, a.out)
 
 
