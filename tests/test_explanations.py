@@ -1,6 +1,6 @@
 """Heat maps (issue 17): shapes and peaks on the scan's own grid, the mapping back through a rotation, the
 localisation metrics on hand-made maps, and the randomisation checks. Untrained models: the plumbing is real,
-the maps mean nothing. Timing is measured by scripts/explanation_figures.py, never asserted here."""
+the maps mean nothing. Timing is measured by studies/explanation_figures.py, never asserted here."""
 
 from __future__ import annotations
 

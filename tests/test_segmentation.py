@@ -567,11 +567,11 @@ def test_teknofest_rows_label_by_class_folder(tmp_path, data_root):
 
 
 def _script(name: str):
-    """A module of scripts/ loaded by path (scripts/ is not a package)."""
+    """A module of studies/ loaded by path (studies/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "studies" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -3,8 +3,8 @@ a cross-validation (ctich-masks patients): Dice per subtype, lesion-level sensit
 per-patient volume agreement; with several folds also the figures per fold, and per source the U-Net beside the
 threshold baseline (paired).
 
-    .venv/bin/python scripts/segmentation_clinical_figures.py runs/seg_clot [--out reports/segmentation/clot.md]
-    .venv/bin/python scripts/segmentation_clinical_figures.py RUN_A RUN_B RUN_C   # a CV split over three runs
+    .venv/bin/python studies/segmentation_clinical_figures.py runs/seg_clot [--out reports/segmentation/clot.md]
+    .venv/bin/python studies/segmentation_clinical_figures.py RUN_A RUN_B RUN_C   # a CV split over three runs
 
 Volumes: the ctich-kaggle JPEGs carry no spacing. CT-ICH's raw export is 512 x 512 with 5 mm slices; its pixel
 spacing is taken as 0.5 mm here (an assumption, stated in the output), so one JPEG pixel (650 px for 512)

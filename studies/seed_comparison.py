@@ -6,9 +6,9 @@ from-scratch baseline for transfer learning), (4) a linear probe on frozen Image
 classifier (out-of-fold predictions of `strokescan train`). CIs: 1000 bootstrap resamples of patients
 (images for row 1, as the seed's protocol ignores patients).
 
-    .venv/bin/python scripts/seed_comparison.py [--run-dir runs/classifier] [--out reports/classifier]
+    .venv/bin/python studies/seed_comparison.py [--run-dir runs/classifier] [--out reports/classifier]
     # or in parallel, then assemble:  --parts image_split,folder_cv & --parts slice_cv,probe,probe_context & ...
-    .venv/bin/python scripts/seed_comparison.py --parts ''
+    .venv/bin/python studies/seed_comparison.py --parts ''
 """
 
 from __future__ import annotations

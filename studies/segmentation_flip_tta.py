@@ -1,6 +1,6 @@
 """Does left-right flip test-time augmentation help the segmenter? Measured on a validation fold only.
 
-    .venv/bin/python scripts/segmentation_flip_tta.py --fold 1
+    .venv/bin/python studies/segmentation_flip_tta.py --fold 1
 
 Prints the pooled Dice per lesion class (model frame, slices labelling the class; the early-stopping score of
 training) with plain probabilities and with the mean of the slice's and its mirror's. Use the model's early-

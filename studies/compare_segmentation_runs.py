@@ -1,6 +1,6 @@
 """Paired comparison of two segmentation runs on the same held-out slices (an ablation's figure).
 
-    .venv/bin/python scripts/compare_segmentation_runs.py runs/seg_abl20_full runs/seg_abl20_nopre \\
+    .venv/bin/python studies/compare_segmentation_runs.py runs/seg_abl20_full runs/seg_abl20_nopre \\
         --names ImageNet random
 
 Reads each run's ``fold<k>/per_slice.csv`` (U-Net rows), pairs the slices that contain each class, and prints

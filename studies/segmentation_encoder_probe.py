@@ -2,14 +2,14 @@
 
 The classifier's frozen trunk (stem + EfficientNet-Lite0 blocks 0-13) is filled either with ImageNet weights or
 with the encoder of a trained segmenter (`SliceClassifier.load_encoder_from_segmenter`); global-average-pooled
-features of view 0 go into the same logistic regression as `scripts/seed_comparison.py` (row 4), on the
+features of view 0 go into the same logistic regression as `studies/seed_comparison.py` (row 4), on the
 committed patient folds of ctich-kaggle.
 
 Honesty: the segmenter trained on ctich-kaggle label-0 slices of some patients. Only patients in the
 segmenter run's held-out test fold and early-stopping fold (never trained on) are used, for both encoders;
 the probe's 5-fold CV runs within them. phe-sich is not reported: the segmenter trained on it.
 
-    .venv/bin/python scripts/segmentation_encoder_probe.py --segmenter runs/segmentation/fold0/model
+    .venv/bin/python studies/segmentation_encoder_probe.py --segmenter runs/segmentation/fold0/model
 
 Writes reports/classifier/segmentation_encoder.{json,md}: AUC of both with 95 % patient-bootstrap CIs and the
 paired difference.
@@ -96,7 +96,7 @@ def main() -> None:
         "",
         (f"Segmenter `{a.segmenter}` (sha256 {out['segmenter_sha256']}); ctich-kaggle patients it never trained "
          f"on: {out['patients']} patients ({out['positive_patients']} with hemorrhage), {len(frame)} slices "
-         f"({n_pos} positive). Probe: `scripts/seed_comparison.py` row 4 (logistic regression C=0.1 on pooled "
+         f"({n_pos} positive). Probe: `studies/seed_comparison.py` row 4 (logistic regression C=0.1 on pooled "
          "trunk features), committed folds restricted to these patients; 95 % CI: 1000 patient bootstrap "
          "resamples."),
         "",
@@ -106,7 +106,7 @@ def main() -> None:
         f"| our segmentation U-Net's encoder | {ci(res['auc_segmentation'])} |",
         f"| difference (segmentation - ImageNet) | {ci(res['difference'])} |",
         "",
-        "Command: `.venv/bin/python scripts/segmentation_encoder_probe.py --segmenter " + str(a.segmenter) + "`",
+        "Command: `.venv/bin/python studies/segmentation_encoder_probe.py --segmenter " + str(a.segmenter) + "`",
     ]
     (a.out / "segmentation_encoder.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

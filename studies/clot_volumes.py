@@ -1,7 +1,7 @@
 """Per-patient clot volume on held-out CT-ICH patients: the segmenter's planimetric volume and ABC/2 beside the
 reference outline's, as clinicians measure it (issue 19).
 
-    .venv/bin/python scripts/clot_volumes.py --folds reports/segmentation/folds_v0.4.0.json \
+    .venv/bin/python studies/clot_volumes.py --folds reports/segmentation/folds_v0.4.0.json \
         --fold 0 --model src/strokescan/resources/models/segmenter [--fold 1 --model runs/cv/fold1/model ...] \
         --out reports/segmentation/clot_volumes.md [--plot reports/segmentation/clot_volumes.png]
 
@@ -71,7 +71,7 @@ def patient_volumes(rows: pd.DataFrame, predictor: Predictor, baseline_k: float)
 
 def summary_lines(table: pd.DataFrame) -> list[str]:
     lines = ["# Per-patient clot volume and ABC/2 on held-out CT-ICH patients", "",
-             "    .venv/bin/python scripts/clot_volumes.py " + " ".join(sys.argv[1:]), "",
+             "    .venv/bin/python studies/clot_volumes.py " + " ".join(sys.argv[1:]), "",
              "Each JPEG is read and segmented as `strokescan predict` does (rotation per image), so the planimetric "
              "figures differ a little from clot_figures.md (cached model-frame inputs, rotation per patient).", "",
              f"Held-out CT-ICH patients with a reference clot of at least {MIN_REFERENCE_ML:g} mL: {len(table)} "

@@ -1,6 +1,6 @@
 """Two segmenters on one fold of a run, in the input grid, slice by slice: the ship rule of a new segmenter.
 
-    .venv/bin/python scripts/compare_segmenters_on_fold.py runs/seg_clot --fold 1 \
+    .venv/bin/python studies/compare_segmenters_on_fold.py runs/seg_clot --fold 1 \
         --new runs/seg_clot/model --old src/strokescan/resources/models/segmenter
 
 Prints, per source and lesion class, the mean Dice on slices that hold the class (and pooled over sources for

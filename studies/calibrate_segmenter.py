@@ -4,9 +4,9 @@ or one of the later candidates on top of the model's own decision (``--candidate
 clot only inside the skull (``clot_within_brain_px``), ``gate`` the detector gate (``min_slice_probability``,
 with the detector's out-of-fold slice probabilities from ``--detector-oof``).
 
-    .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --out reports/segmentation/calibration_v0.4.1.md
-    .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --growth --out reports/segmentation/growth_v0.4.2.md
-    .venv/bin/python scripts/calibrate_segmenter.py --fold 1 --candidate brain --out reports/segmentation/brain_v0.4.3.md
+    .venv/bin/python studies/calibrate_segmenter.py --fold 1 --out reports/segmentation/calibration_v0.4.1.md
+    .venv/bin/python studies/calibrate_segmenter.py --fold 1 --growth --out reports/segmentation/growth_v0.4.2.md
+    .venv/bin/python studies/calibrate_segmenter.py --fold 1 --candidate brain --out reports/segmentation/brain_v0.4.3.md
 
 One network pass over the fold, then every setting of the grid in the input grid (head mask and minimum size as
 at inference). Per setting: D = mean clot Dice on slices with blood (all sources), F = share of ctich-masks
@@ -15,13 +15,13 @@ test follow each candidate's rule (``CANDIDATES``: written before its figures). 
 fold (its plan's ``val_fold``), never its held-out fold. ``--set FIELD=VALUE`` stacks a decision already taken
 on the plan first (v0.4.3's rule judges B, then H, then G2). ``--held-out-run DIR`` instead writes the chosen
 setting's held-out table as ``DIR/fold<k>/per_slice.csv`` (with the threshold baseline), for
-``scripts/segmentation_clinical_figures.py DIR``: only after the decision.
+``studies/segmentation_clinical_figures.py DIR``: only after the decision.
 
 ``--cv RUN [RUN ...]`` judges the grid on the pooled validation folds of a cross-validation instead: every fold
 model ``RUN/fold<k>/model`` predicts its own early-stopping fold, and together they hold every patient once
 (``reports/segmentation/cv_plan_v0.6.md``); with ``--held-out-run`` each fold model's held-out table is written.
 
-    .venv/bin/python scripts/calibrate_segmenter.py --cv reports/segmentation/cv_r_v0.6 --jobs 2 \
+    .venv/bin/python studies/calibrate_segmenter.py --cv reports/segmentation/cv_r_v0.6 --jobs 2 \
         --out reports/segmentation/cv_decision_v0.6.md
 """
 
@@ -161,7 +161,7 @@ def _candidate(a: argparse.Namespace, name: str, plan: SegmenterPlan, probs: np.
     stacked = "".join(f" --set {s}" for s in a.set)
     source = " ".join(["--cv", *map(_shown, a.cv)]) if a.cv else f"--fold {a.fold}"
     lines = [f"# Candidate {name} set on {where} (rule: reports/segmentation/{cand.rule})", "",
-             f"Command: `.venv/bin/python scripts/calibrate_segmenter.py {source} "
+             f"Command: `.venv/bin/python studies/calibrate_segmenter.py {source} "
              f"{'--growth' if name == 'growth' else f'--candidate {name}'}{stacked}"
              f"{f' --detector-oof {_shown(a.detector_oof)}' if a.detector_oof else ''}"
              f"{f' --out {a.out}' if a.out else ''}`; {models}; decision before the candidate: "

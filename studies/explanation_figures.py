@@ -8,8 +8,8 @@ it reproduces that fold's out-of-fold logits (``runs/detect_all/fold_K.json``), 
 on fold K's patients, which the retrained model never saw. It also trains the label-randomisation control (the
 same recipe on the same training rows with their labels permuted, for the trained model's number of epochs).
 
-    nice -n 10 .venv/bin/python scripts/explanation_figures.py              # fold 0, writes reports/explanations/
-    nice -n 10 .venv/bin/python scripts/explanation_figures.py --fold 2 --occlusion-slices 10
+    nice -n 10 .venv/bin/python studies/explanation_figures.py              # fold 0, writes reports/explanations/
+    nice -n 10 .venv/bin/python studies/explanation_figures.py --fold 2 --occlusion-slices 10
 
 Training takes a few minutes per model on one thread (models are cached under
 ``$STROKESCAN_CACHE/explanations/fold_K``); the evaluation about as long.
@@ -722,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                             "shuffled_epochs": m.get("shuffled", {}).get("epochs")} for k, m in models.items()}
     summary["timing"], summary["segmenter_uncertainty"] = timed
     summary["segmenter_uncertainty"].update(segmenter_uncertainty_check(models[args.fold[0]]["trained"]["folder"]))
-    summary["command"] = "nice -n 10 .venv/bin/python scripts/explanation_figures.py " + " ".join(argv or sys.argv[1:])
+    summary["command"] = "nice -n 10 .venv/bin/python studies/explanation_figures.py " + " ".join(argv or sys.argv[1:])
     summary["total_seconds"] = round(time.time() - t0, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
     (args.out / "report.md").write_text(report_markdown(summary))
