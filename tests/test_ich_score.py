@@ -62,7 +62,7 @@ def test_a_volume_the_detector_does_not_back_is_flagged_for_checking():
     no_spacing = ScanResult(path="x", n_slices=1, slices=[], probability=0.9, positive=True,
                             slice_threshold=0.5, scan_threshold=0.5, quantification=quantify_series([np.ones((8, 8), np.uint8)]))
     s = ich_score_for(no_spacing, gcs=9)
-    assert s.components[1].points is None and "spacing" in s.notes[0]
+    assert s.components[1].points is None and "single 2-D slice" in s.notes[0]
 
 
 def test_cli_prints_the_score_and_refuses_bad_answers(capsys):

@@ -145,3 +145,76 @@ def test_refuses_a_non_dicom_scan(analysed, tmp_path: Path):
         build_result_objects(dataclasses.replace(scan, references=None), datasets, result)
     with pytest.raises(ResultObjectError):
         build_result_objects(scan, datasets[:-1], result)
+
+
+CQ500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "head-ct-dicom" / "cq500-ct-0_thin_jpeg-lossless"
+
+
+def test_seg_frames_carry_their_own_thickness_and_the_sr_volume_matches_the_seg(analysed, objects):
+    """The GE series mixes 4 mm and 7 mm slices: no shared SliceThickness; SR volume = SEG pixels x each frame's
+    thickness (within 1 %)."""
+    datasets, scan, result = analysed
+    seg = objects["seg"]
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    by_uid = {ds.SOPInstanceUID: float(ds.SliceThickness) for ds in datasets}
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    seg_ml: dict[str, float] = {}
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        measures = item.PixelMeasuresSequence[0]
+        assert float(measures.SliceThickness) == by_uid[uid]
+        area = float(measures.PixelSpacing[0]) * float(measures.PixelSpacing[1])
+        label = labels[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) - 1]
+        seg_ml[label] = seg_ml.get(label, 0.0) + int(pixels[f].sum()) * area * float(measures.SliceThickness) / 1000
+    sr = hd.sr.Comprehensive3DSR.from_dataset(objects["sr"])
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        (m,) = group.get_measurements()
+        label = next(c.label for c in LESION_CLASSES if c.snomed.meaning == group.finding_type.meaning)
+        assert m.value == pytest.approx(seg_ml[label], rel=0.01)
+    assert objects["sr"].CompletionFlag == "COMPLETE"
+
+
+@pytest.mark.skipif(not CQ500.is_dir(), reason="shared head-ct-dicom data absent")
+def test_no_frame_of_reference_gives_sr_and_key_image_without_seg(analysed):
+    from strokescan.app.integration.dicom_results import build_result_objects
+    from strokescan.inference import Predictor
+
+    _, _, ge_result = analysed
+    datasets = [pydicom.dcmread(p) for p in sorted(CQ500.glob("*.dcm"))]
+    assert not any("FrameOfReferenceUID" in ds for ds in datasets)
+    scan = load_scan(CQ500)
+    result = dataclasses.replace(ge_result, masks=[np.zeros(scan.pixels.shape[1:], np.uint8)] * scan.n_slices,
+                                 quantification=Predictor.quantify(scan, [np.zeros(scan.pixels.shape[1:], np.uint8)]
+                                                                   * scan.n_slices))
+    built = build_result_objects(scan, datasets, result, uid_seed="cq500")
+    assert built.seg is None and "FrameOfReferenceUID" in built.seg_problem
+    assert [ds.Modality for ds in built.all()] == ["SR", "OT"]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(built.sr)
+    assert sr.StudyInstanceUID == datasets[0].StudyInstanceUID
+    # every 5th slice of the thin series: instance numbers are missing, so the report says PARTIAL
+    assert built.sr.CompletionFlag == "PARTIAL" and "instance number" in built.sr.CompletionFlagDescription
+
+
+def test_a_gap_says_partial_and_a_new_version_supersedes_the_old(analysed):
+    from strokescan.app.integration.dicom_results import build_result_objects, missing_slices
+
+    datasets, scan, result = analysed
+    first = build_result_objects(scan, datasets, result, uid_seed="v1")
+    assert first.missing_slices is None and first.sr.CompletionFlag == "COMPLETE"
+    kept = [ds for k, ds in enumerate(datasets) if k != 5]  # slice 6 never arrived
+    gappy = load_scan(kept)
+    masks = [m for k, m in enumerate(result.masks) if k != 5]
+    partial = build_result_objects(gappy, kept, dataclasses.replace(result, masks=masks, slices=[
+        s for k, s in enumerate(result.slices) if k != 5]),
+                                   uid_seed="v2", previous_versions=[first.sr])
+    assert missing_slices(gappy, kept) is not None
+    assert partial.sr.CompletionFlag == "PARTIAL"
+    assert {partial.seg.SOPInstanceUID, partial.sr.SOPInstanceUID} & {first.seg.SOPInstanceUID,
+                                                                      first.sr.SOPInstanceUID} == set()
+    (item,) = partial.sr.PredecessorDocumentsSequence
+    ref = item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == first.sr.SOPInstanceUID
+    assert "version 2" in partial.seg.SeriesDescription and "version 2" in partial.sr.SeriesDescription
+    # only instance numbers say so when positions cannot: the last slice missing is not a gap
+    assert missing_slices(load_scan(datasets[:-1]), datasets[:-1]) is None

@@ -123,9 +123,10 @@ def test_masks_overlays_and_sizes_for_an_image_and_a_series(tiny_model_dir, blee
     assert slices[5]["lesions"]["hemorrhage"]["unit"] == "mm2"
     assert slices[5]["lesions"]["hemorrhage"]["area"] == pytest.approx(pixels[5] * px_area, rel=1e-3)
     volumes = next(x for x in lines if x["path"] == str(GE_ZIP) and x.get("scan"))["volumes"]
-    slice_mm = scan.slice_spacing_mm or scan.slice_thickness_mm
+    assert len(set(scan.slice_thicknesses_mm)) == 2  # 4 mm and 7 mm slices: each counts for its own thickness
     assert volumes["hemorrhage"]["unit"] == "mL"
-    assert volumes["hemorrhage"]["volume"] == pytest.approx(sum(pixels) * px_area * slice_mm / 1000, rel=1e-3)
+    assert volumes["hemorrhage"]["volume"] == pytest.approx(
+        sum(n * t for n, t in zip(pixels, scan.slice_thicknesses_mm, strict=True)) * px_area / 1000, rel=1e-3)
     assert volumes["infarct"]["volume"] == 0 and "abc2_ml" in volumes["hemorrhage"]["largest"]
 
     assert sorted(p.name for p in overlays_dir.iterdir()) == sorted(

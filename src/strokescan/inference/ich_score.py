@@ -100,23 +100,32 @@ def ich_score(gcs: int | None = None, age: int | None = None, volume_ml: float |
 
 
 def measured_clot_ml(result: ScanResult) -> float | None:
-    """The planimetric clot volume of a segmented scan with known spacing, else None."""
+    """The planimetric clot volume (mL) of a segmented volume with known spacing, else None (a single 2-D slice
+    has an area, never a volume)."""
     q = result.quantification
-    if q is None or not q.spacing_known:
+    if q is None or not q.has_volume_ml:
         return None
     return float(q.classes["hemorrhage"].total)
 
 
+def _no_volume_reason(result: ScanResult | None) -> str:
+    q = result.quantification if result is not None else None
+    if q is not None and not q.is_volume:
+        return "no clot volume: a single 2-D slice gives an area, not a volume; give the volume"
+    return "no clot volume: the scan was not segmented or its spacing is unknown; give the volume"
+
+
 def ich_score_measured(measured_ml: float | None, flagged: bool, gcs: int | None = None, age: int | None = None,
                        ivh: bool | None = None, infratentorial: bool | None = None,
-                       volume_ml: float | None = None) -> IchScore:
+                       volume_ml: float | None = None, no_volume_note: str | None = None) -> IchScore:
     """The score with strokescan's measured clot volume (None: not measured), unless the clinician gives
-    ``volume_ml``; ``flagged``: whether the detector flagged the scan (a volume it does not back gets a note)."""
+    ``volume_ml``; ``flagged``: whether the detector flagged the scan (a volume it does not back gets a note);
+    ``no_volume_note``: why there is no measured volume (the note then says so)."""
     if volume_ml is not None:
         return ich_score(gcs, age, volume_ml, ivh, infratentorial, CLINICIAN)
     score = ich_score(gcs, age, measured_ml, ivh, infratentorial, STROKESCAN)
     if measured_ml is None:
-        score.notes.append("no clot volume: the scan was not segmented or its spacing is unknown; give the volume")
+        score.notes.append(no_volume_note or _no_volume_reason(None))
     elif measured_ml > 0 and not flagged:
         score.notes.append(f"the detector did not flag this scan, yet the segmenter measured {measured_ml:.1f} mL: "
                            "check the overlays (thin strips under the skull are a known false positive)")
@@ -128,4 +137,5 @@ def ich_score_measured(measured_ml: float | None, flagged: bool, gcs: int | None
 def ich_score_for(result: ScanResult, gcs: int | None = None, age: int | None = None, ivh: bool | None = None,
                   infratentorial: bool | None = None, volume_ml: float | None = None) -> IchScore:
     """The score of one analysed scan (:func:`ich_score_measured` with its clot volume and flag)."""
-    return ich_score_measured(measured_clot_ml(result), result.positive, gcs, age, ivh, infratentorial, volume_ml)
+    return ich_score_measured(measured_clot_ml(result), result.positive, gcs, age, ivh, infratentorial, volume_ml,
+                              _no_volume_reason(result))

@@ -146,9 +146,16 @@ class Predictor:
 
     @staticmethod
     def quantify(scan: Scan, masks: list[np.ndarray]) -> SeriesQuantification:
-        """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown)."""
-        slice_mm = (scan.slice_spacing_mm or scan.slice_thickness_mm) if scan.is_volume else scan.slice_thickness_mm
-        return quantify_series(masks, scan.pixel_spacing_mm, slice_mm)
+        """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown): each
+        slice counts for its own depth (:func:`~strokescan.inference.quantification.slice_depths_mm`); a single
+        2-D slice gives areas, never a volume."""
+        from strokescan.inference.quantification import slice_depths_mm
+
+        uniform = scan.slice_spacing_mm or scan.slice_thickness_mm
+        thicknesses = scan.slice_thicknesses_mm or ([scan.slice_thickness_mm] * scan.n_slices
+                                                   if scan.slice_thickness_mm and not scan.slice_spacing_mm else None)
+        depths = slice_depths_mm(scan.n_slices, scan.slice_positions_mm, thicknesses, uniform)
+        return quantify_series(masks, scan.pixel_spacing_mm, uniform if scan.is_volume else None, depths)
 
     def analyse(self, scan: Scan, force: bool = False, explain: bool = False) -> ScanResult:
         """All steps. A scan the models were not made for (MR, SEG/SR objects, other body parts, localizers,

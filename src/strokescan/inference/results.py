@@ -131,15 +131,17 @@ class ScanResult:
 
 
 def volumes_json(q: SeriesQuantification) -> dict[str, Any]:
-    """Per class: total volume (mL, or voxels when spacing is unknown), lesion count, and the largest lesion
-    (slice range; for hemorrhage its ABC/2 estimate beside the voxel volume)."""
+    """Per class: total volume (mL, or voxels when spacing is unknown; ``area`` in mm2 or px instead for a
+    single 2-D slice), lesion count, and the largest lesion (slice range; for hemorrhage its ABC/2 estimate
+    beside the voxel volume)."""
     out: dict[str, Any] = {"spacing_known": q.spacing_known}
+    size = "volume" if q.is_volume else "area"  # a single 2-D slice has areas (mm2 or px), never a volume
     for name, c in q.classes.items():
-        entry: dict[str, Any] = {"volume": round(c.total, 3), "unit": c.unit, "n_lesions": c.n_lesions}
+        entry: dict[str, Any] = {size: round(c.total, 3), "unit": c.unit, "n_lesions": c.n_lesions}
         if c.largest is not None:
             lg = c.largest
             entry["largest"] = {
-                "volume": round(lg.size, 3), "unit": lg.unit, "first_slice": lg.first_slice,
+                size: round(lg.size, 3), "unit": lg.unit, "first_slice": lg.first_slice,
                 "last_slice": lg.last_slice, "largest_slice": lg.largest_slice,
                 "largest_slice_area": round(lg.largest_slice_area, 2), "area_unit": lg.area_unit,
             }

@@ -219,6 +219,15 @@ def _frame_position(ds: Dataset, frame: int, n_frames: int) -> tuple[float, floa
     return _floats(items[0].get("ImagePositionPatient"), 3) if items else None  # type: ignore[return-value]
 
 
+def _positive(value: object) -> float | None:
+    """A header value as a positive float (a thickness), else None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and np.isfinite(number) else None
+
+
 def _normal_of(iop: tuple[float, ...] | None) -> np.ndarray | None:
     if iop is None:
         return None
@@ -519,7 +528,7 @@ def _build_scan(items: list[tuple[str, Dataset]], source: Path, limits: InputLim
         ordered_by = "instance number"
     decoded: dict[int, np.ndarray] = {}
     total = 0
-    pixels_out, sources, references = [], [], []
+    pixels_out, sources, references, thicknesses = [], [], [], []
     for k in order:
         s = slices[k]
         label, ds = items[s.item]
@@ -530,6 +539,7 @@ def _build_scan(items: list[tuple[str, Dataset]], source: Path, limits: InputLim
         pixels_out.append(decoded[s.item][s.frame])
         sources.append(label if s.n_frames == 1 else f"{label}#{s.frame}")
         references.append(_slice_identity(ds, s))
+        thicknesses.append(_positive(_frame_value(ds, "SliceThickness", s.frame)))
     pixels = np.stack(pixels_out)
     first = items[slices[order[0]].item][1]
     notes = []
@@ -546,6 +556,9 @@ def _build_scan(items: list[tuple[str, Dataset]], source: Path, limits: InputLim
             notes.append(f"uneven slice steps from {steps.min():.2f} to {steps.max():.2f} mm")
     thickness_value = _frame_value(first, "SliceThickness")
     thickness = float(thickness_value) if thickness_value not in (None, "") else None  # type: ignore[arg-type]
+    per_slice = tuple(thicknesses) if all(t is not None for t in thicknesses) else None
+    if per_slice and len(set(per_slice)) > 1:
+        notes.append(f"slice thickness varies: {', '.join(f'{t:g}' for t in sorted(set(per_slice)))} mm")
     spacing = _floats(_frame_value(first, "PixelSpacing") or first.get("ImagerPixelSpacing"), 2)
     tilt = _gantry_tilt(first)
     if tilt is not None and abs(tilt) > 0.5:
@@ -563,6 +576,7 @@ def _build_scan(items: list[tuple[str, Dataset]], source: Path, limits: InputLim
         pixel_spacing_mm=(spacing[0], spacing[1]) if spacing else None,
         slice_spacing_mm=slice_spacing,
         slice_thickness_mm=thickness,
+        slice_thicknesses_mm=per_slice,  # type: ignore[arg-type]
         slice_positions_mm=positions_arr,
         slice_sources=sources,
         orientation=_orientation_name(normal),

@@ -78,7 +78,9 @@ class Scan:
     source_path: Path
     pixel_spacing_mm: tuple[float, float] | None = None  # (row spacing, column spacing)
     slice_spacing_mm: float | None = None  # distance between slice centres (median when uneven)
-    slice_thickness_mm: float | None = None  # nominal thickness from the header
+    slice_thickness_mm: float | None = None  # nominal thickness from the header (the first slice's)
+    # each slice's own SliceThickness, in slice order (None when any slice lacks one); a series may mix them
+    slice_thicknesses_mm: tuple[float, ...] | None = None
     slice_positions_mm: np.ndarray | None = None  # position of each slice along the slice normal
     slice_sources: list[str] = field(default_factory=list)  # file (or file#frame) that gave each slice
     orientation: str | None = None  # "axial" | "coronal" | "sagittal" | "oblique" | None when unknown

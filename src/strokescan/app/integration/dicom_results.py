@@ -4,12 +4,21 @@
   :mod:`strokescan.core.labels`), each frame derived from, and placed exactly on, one source slice
   (its ImagePositionPatient and ImageOrientationPatient: a gantry-tilted stack keeps its tilt). Empty frames
   are omitted (highdicom's default); a scan without any lesion gets a SEG of every lesion class with all frames
-  kept (empty), so that "nothing segmented" is an explicit answer rather than a missing object.
+  kept (empty), so that "nothing segmented" is an explicit answer rather than a missing object. When the
+  source slices differ in thickness, each frame carries its own slice's SliceThickness (per-frame Pixel
+  Measures) instead of one shared value. A CT series without FrameOfReferenceUID cannot have a SEG (the IOD
+  requires one): the SR and the key image are built without it and ``ResultObjects.seg_problem`` says why.
 * a **Comprehensive 3D SR measurement report** (TID 1500, ``highdicom.sr.MeasurementReport``): the volume of
   each lesion class in mL (referencing its SEG segment when there is one), the scan probability, the flag, the
   operating point and the model version (algorithm identification).
 * a **secondary-capture key image** (``highdicom.sc.SCImage``) of the most suspicious slice with the lesion
   overlay and the notice "strokescan: research software, not a diagnosis" burnt in.
+
+A series known to miss slices (gaps in position or InstanceNumber, fewer than ImagesInAcquisition) gets an SR
+with CompletionFlag PARTIAL and the reason in CompletionFlagDescription. A new version of a series' results
+(the series grew after it was analysed) has new UIDs; its SR lists the earlier SR in its Predecessor
+Documents Sequence (highdicom's ``previous_versions``). A SEG has no predecessor reference in its IOD: the new
+SEG's series description names its version.
 
 The patient and study modules are copied from the source instances (that is what puts the objects in the
 same study); nothing here logs them.
@@ -17,6 +26,7 @@ same study); nothing here logs them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import warnings
@@ -65,14 +75,22 @@ class ResultObjectError(StrokescanError):
 
 @dataclass
 class ResultObjects:
-    """The derived instances for one analysed series."""
+    """The derived instances for one analysed series (``seg`` None when the geometry allows none: then
+    ``seg_problem`` says why)."""
 
-    seg: Dataset
+    seg: Dataset | None
     sr: Dataset
     key_image: Dataset
+    seg_problem: str | None = None
+    missing_slices: str | None = None  # why the SR says PARTIAL; None when no slice is known to be missing
 
     def all(self) -> list[Dataset]:
-        return [self.seg, self.sr, self.key_image]
+        return [ds for ds in (self.seg, self.sr, self.key_image) if ds is not None]
+
+    def named(self) -> list[tuple[str, Dataset]]:
+        """(file stem, dataset) of each object built."""
+        return [(n, ds) for n, ds in (("seg", self.seg), ("sr", self.sr), ("key-image", self.key_image))
+                if ds is not None]
 
 
 def _coded(code: Code) -> CodedConcept:
@@ -131,9 +149,50 @@ def _masks(scan: Scan, result: ScanResult) -> np.ndarray:
     return masks
 
 
+def seg_geometry_problem(sources: Sequence[Dataset]) -> str | None:
+    """Why the sources cannot carry a SEG (a CT without FrameOfReferenceUID, for one), or None."""
+    if any(not str(ds.get("FrameOfReferenceUID", "") or "").strip() for ds in sources):
+        return "the source slices have no FrameOfReferenceUID, which a SEG of CT images requires"
+    if any(ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None for ds in sources):
+        return "the source slices lack ImagePositionPatient or ImageOrientationPatient"
+    return None
+
+
+def _thickness(ds: Dataset) -> float | None:
+    try:
+        value = float(ds.get("SliceThickness"))
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _per_frame_thickness(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """Give each frame its own source slice's SliceThickness when the sources differ (highdicom copies the first
+    source's into the shared Pixel Measures)."""
+    thickness = {str(ds.SOPInstanceUID): _thickness(ds) for ds in sources}
+    if len(set(thickness.values())) <= 1:
+        return
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if not measures:
+        return
+    template = measures[0]
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        own = Dataset()
+        own.PixelSpacing = template.PixelSpacing
+        if thickness.get(uid) is not None:
+            own.SliceThickness = thickness[uid]
+        item.PixelMeasuresSequence = [own]
+    del shared.PixelMeasuresSequence
+
+
 def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult,
-                       uids: Callable[[], str] = generate_uid) -> Dataset:
+                       uids: Callable[[], str] = generate_uid, version: int = 1) -> Dataset:
     """The binary DICOM SEG of ``result.masks`` on the source slices (``sources`` in slice order)."""
+    problem = seg_geometry_problem(sources)
+    if problem:
+        raise ResultObjectError(f"no SEG: {problem}")
     masks = _masks(scan, result)
     present = [c for c in LESION_CLASSES if (masks == c).any()]
     classes, omit_empty = (present, True) if present else (list(LESION_CLASSES), False)
@@ -150,15 +209,17 @@ def build_segmentation(scan: Scan, sources: list[Dataset], result: ScanResult,
         for k, c in enumerate(classes, start=1)
     ]
     pixel_array = np.stack([masks == c for c in classes], axis=-1)  # (slices, rows, cols, segments)
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=uids(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=uids(), instance_number=1, manufacturer=MANUFACTURER,
         manufacturer_model_name="strokescan", software_versions=str(__version__), device_serial_number="0",
-        series_description="strokescan lesions (research)", content_label="STROKESCAN",
-        content_description="strokescan lesions: research, not a diagnosis",
+        series_description="strokescan lesions (research)" + (f" version {version}" if version > 1 else ""),
+        content_label="STROKESCAN", content_description="strokescan lesions: research, not a diagnosis",
         omit_empty_frames=omit_empty,
     )
+    _per_frame_thickness(seg, sources)
+    return seg
 
 
 def _segment_numbers(seg: Dataset) -> dict[str, int]:
@@ -180,24 +241,32 @@ def _referenced_segment(seg: Dataset, number: int, sources: list[Dataset]) -> hd
                        if str(ds.SOPInstanceUID) in derived])
 
 
-def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanResult,
-                             uids: Callable[[], str] = generate_uid) -> Dataset:
-    """The TID 1500 measurement report, in the source study."""
+#: UCUM units of the sizes in ``volumes_json`` (a single 2-D slice gives areas)
+_UNITS = {"mL": ML, "voxels": VOXELS, "mm2": CodedConcept("mm2", "UCUM", "square millimeter"),
+          "px": CodedConcept("{pixels}", "UCUM", "pixels")}
+
+
+def build_measurement_report(sources: list[Dataset], seg: Dataset | None, result: ScanResult,
+                             uids: Callable[[], str] = generate_uid, missing_slices: str | None = None,
+                             previous_versions: Sequence[Dataset] | None = None) -> Dataset:
+    """The TID 1500 measurement report, in the source study (volumes reference the SEG's segments when there
+    is a SEG); PARTIAL with ``missing_slices`` (the reason); ``previous_versions``: earlier SRs it supersedes."""
     _, algorithm = _algorithm(result)
     volumes = volumes_json(result.quantification) if result.quantification is not None else {}
-    segments = _segment_numbers(seg)
+    segments = _segment_numbers(seg) if seg is not None else {}
     groups: list = []
     for c in LESION_CLASSES:
         entry = volumes.get(c.label)
         if entry is None:
             continue
-        unit = ML if entry["unit"] == "mL" else VOXELS
-        measurement = hd.sr.Measurement(name=codes.SCT.Volume, value=float(entry["volume"]), unit=unit,
-                                        algorithm_id=algorithm)
+        size = float(entry["volume"] if "volume" in entry else entry["area"])
+        unit = _UNITS.get(entry["unit"], VOXELS)
+        name = codes.SCT.Volume if "volume" in entry else codes.SCT.Area
+        measurement = hd.sr.Measurement(name=name, value=size, unit=unit, algorithm_id=algorithm)
         tracking = hd.sr.TrackingIdentifier(uid=uids(), identifier=f"strokescan {c.label}")
         common = dict(tracking_identifier=tracking, finding_type=_coded(c.snomed), measurements=[measurement],
                       finding_category=_coded(MORPHOLOGICALLY_ABNORMAL_STRUCTURE), algorithm_id=algorithm)
-        if c.label in segments and float(entry["volume"]) > 0:
+        if c.label in segments and size > 0:
             ref = _referenced_segment(seg, segments[c.label], sources)
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=ref, **common))
         else:
@@ -224,11 +293,43 @@ def build_measurement_report(sources: list[Dataset], seg: Dataset, result: ScanR
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CT_HEAD, imaging_measurements=groups,
     )
-    return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, seg], content=report[0], series_instance_uid=uids(),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=uids(), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, series_description="strokescan report (research)",
+    version = len(previous_versions or ()) + 1
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*sources, seg] if seg is not None else list(sources), content=report[0],
+        series_instance_uid=uids(), series_number=SR_SERIES_NUMBER, sop_instance_uid=uids(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=missing_slices is None,
+        series_description="strokescan report (research)" + (f" version {version}" if version > 1 else ""),
+        previous_versions=list(previous_versions) if previous_versions else None,
     )
+    if missing_slices is not None:
+        sr.CompletionFlagDescription = f"slices missing: {missing_slices}"[:64]
+    return sr
+
+
+def missing_slices(scan: Scan, sources: Sequence[Dataset]) -> str | None:
+    """Why slices are known to be missing from the series (None when none is): fewer slices than
+    ImagesInAcquisition, a gap in InstanceNumber, or a step between slice positions far larger than the slices'
+    thickness and the series' usual step."""
+    n = len(sources)
+    with contextlib.suppress(TypeError, ValueError):
+        expected = max(int(ds.get("ImagesInAcquisition") or 0) for ds in sources)
+        if expected > n:
+            return f"{n} of {expected} images (ImagesInAcquisition)"
+    numbers = []
+    with contextlib.suppress(TypeError, ValueError):
+        numbers = sorted({int(ds.get("InstanceNumber")) for ds in sources if ds.get("InstanceNumber") not in (None, "")})
+    if len(numbers) == n and n > 1 and numbers[-1] - numbers[0] + 1 > n:
+        return f"{numbers[-1] - numbers[0] + 1 - n} instance number(s) missing"
+    positions = scan.slice_positions_mm
+    if positions is not None and len(positions) > 2:
+        steps = np.abs(np.diff(np.asarray(positions, float)))
+        usual = float(np.median(steps))
+        thickness = scan.slice_thicknesses_mm
+        for i, step in enumerate(steps):
+            local = max(thickness[i], thickness[i + 1]) if thickness else usual
+            if usual > 0 and step > 1.5 * usual and step > 1.5 * local:
+                return f"a {step:.1f} mm gap between slices {i + 1} and {i + 2}"
+    return None
 
 
 def _patient_orientation(iop: Sequence[float] | None) -> tuple[str, str]:
@@ -265,7 +366,7 @@ def key_image_pixels(scan: Scan, result: ScanResult, index: int) -> np.ndarray:
 
 
 def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, index: int | None = None,
-                    uids: Callable[[], str] = generate_uid) -> Dataset:
+                    uids: Callable[[], str] = generate_uid, version: int = 1) -> Dataset:
     """The secondary-capture key image of the most suspicious slice (or ``index``)."""
     if index is None:
         index = result.most_suspicious_slice or 0
@@ -280,7 +381,7 @@ def build_key_image(scan: Scan, sources: list[Dataset], result: ScanResult, inde
         patient_orientation=_patient_orientation(iop), transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     image.BurnedInAnnotation = "YES"
-    image.SeriesDescription = "strokescan key image (research)"
+    image.SeriesDescription = "strokescan key image (research)" + (f" version {version}" if version > 1 else "")
     image.ImageComments = NOTICE
     image.DerivationDescription = f"strokescan overlay of source slice {index + 1}"
     return image
@@ -296,15 +397,28 @@ def uid_maker(seed: str | None) -> Callable[[], str]:
 
 
 def build_result_objects(scan: Scan, datasets: Sequence[Dataset], result: ScanResult,
-                         uid_seed: str | None = None) -> ResultObjects:
+                         uid_seed: str | None = None, previous_versions: Sequence[Dataset] | None = None,
+                         complete: bool | None = None) -> ResultObjects:
     """SEG, SR and key image for ``result`` of ``scan`` read from ``datasets`` (the source instances).
 
-    ``uid_seed`` makes the objects' UIDs deterministic (see :func:`uid_maker`)."""
+    ``uid_seed`` makes the objects' UIDs deterministic (see :func:`uid_maker`). A SEG the geometry does not
+    allow is left out (``seg_problem`` says why); the SR and key image are built all the same.
+    ``previous_versions``: the SRs of earlier versions of this series' results, superseded by this one.
+    ``complete``: False marks the SR PARTIAL; None (default) decides by :func:`missing_slices`."""
     uids = uid_maker(uid_seed)
+    version = len(previous_versions or ()) + 1
     # highdicom warns with header values (a patient name it finds odd): never let them reach a log
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sources = ordered_sources(scan, datasets)
-        seg = build_segmentation(scan, sources, result, uids)
-        sr = build_measurement_report(sources, seg, result, uids)
-        return ResultObjects(seg=seg, sr=sr, key_image=build_key_image(scan, sources, result, uids=uids))
+        seg, seg_problem = None, seg_geometry_problem(sources)
+        if seg_problem is None:
+            try:
+                seg = build_segmentation(scan, sources, result, uids, version=version)
+            except ValueError:  # highdicom refuses a geometry it cannot place (its message may quote values)
+                seg_problem = "highdicom cannot place the SEG on the source slices"
+        missing = missing_slices(scan, sources) if complete is None else (None if complete else "slices missing")
+        sr = build_measurement_report(sources, seg, result, uids, missing_slices=missing,
+                                      previous_versions=previous_versions)
+        key = build_key_image(scan, sources, result, uids=uids, version=version)
+        return ResultObjects(seg=seg, sr=sr, key_image=key, seg_problem=seg_problem, missing_slices=missing)

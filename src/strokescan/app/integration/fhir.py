@@ -102,11 +102,12 @@ def build_bundle(result: ScanResult, subject_reference: str = DEFAULT_SUBJECT,
         entry = volumes.get(cls.label)
         if entry is None:
             continue
-        unit = "mL" if entry["unit"] == "mL" else "{voxels}"
+        unit = {"mL": "mL", "mm2": "mm2", "px": "{pixels}"}.get(entry["unit"], "{voxels}")
+        code = _concept(SNOMED, "118565006", "Volume") if "volume" in entry else _concept(SNOMED, "42798000", "Area")
         observations.append(observation(
-            _concept(SNOMED, "118565006", "Volume"),
-            bodySite=None,
-            valueQuantity=Quantity(value=float(entry["volume"]), unit=unit, system=UCUM, code=unit),
+            code, bodySite=None,
+            valueQuantity=Quantity(value=float(entry["volume"] if "volume" in entry else entry["area"]), unit=unit,
+                                   system=UCUM, code=unit),
             component=[ObservationComponent(code=_concept(LOCAL, "lesion-class", "Lesion class"),
                                             valueCodeableConcept=_concept(SNOMED, cls.snomed.value, cls.snomed.meaning)),
                        ObservationComponent(code=_concept(LOCAL, "lesion-count", "Number of lesions"),
