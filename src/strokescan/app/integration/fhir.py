@@ -5,10 +5,11 @@ Resources are built with ``fhir.resources.R4B``: fhir.resources 8 ships R5 (its 
 R4 itself; DiagnosticReport, Observation, Device and Bundle are the same in R4 and R4B for every element used
 here, so the JSON is valid R4 (``fhirVersion`` 4.0.1 servers such as HAPI take it).
 
-No patient identifier is written unless the caller passes one: the subject is a placeholder reference
-(``Patient/unknown`` by default, or whatever reference the site configures, e.g. one resolved by its own
-interface engine). The DICOM StudyInstanceUID, which identifies a study hence a patient, is added as the
-report's identifier only when ``study_instance_uid`` is given.
+No patient identifier is written unless the operator enables identifiers: the subject is then the DICOM
+PatientID under the site's identifier system (``Reference.identifier``, which a FHIR server resolves to its
+Patient), else a placeholder reference (``Patient/unknown`` by default, or whatever reference the site
+configures). The DICOM StudyInstanceUID, which identifies a study hence a patient, is added (as the report's
+identifier and its ``imagingStudy`` reference by identifier) only when identifiers are enabled too.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class FhirSettings:
     url: str | None = None
     subject_reference: str = DEFAULT_SUBJECT  # a placeholder unless the site configures a real reference
     include_study_uid: bool = False  # the StudyInstanceUID as the report's identifier (identifying: off by default)
+    patient_identifier_system: str | None = None  # with include_study_uid: the subject by PatientID in this system
     timeout_s: float = 10.0
     headers: tuple[tuple[str, str], ...] = ()  # e.g. (("Authorization", "Bearer ..."),)
 
@@ -68,10 +70,14 @@ def _now() -> str:
 
 
 def build_bundle(result: ScanResult, subject_reference: str = DEFAULT_SUBJECT,
-                 study_instance_uid: str | None = None, issued: str | None = None) -> Bundle:
-    """A transaction Bundle: Device, one Observation per finding, and the DiagnosticReport naming them."""
+                 study_instance_uid: str | None = None, issued: str | None = None,
+                 patient_id: str | None = None, patient_identifier_system: str | None = None) -> Bundle:
+    """A transaction Bundle: Device, one Observation per finding, and the DiagnosticReport naming them. With
+    ``patient_id`` and ``patient_identifier_system`` the subject is that identifier; with ``study_instance_uid``
+    the report names the ImagingStudy by its DICOM UID."""
     issued = issued or _now()
-    subject = Reference(reference=subject_reference)
+    subject = (Reference(identifier=Identifier(system=patient_identifier_system, value=str(patient_id)))
+               if patient_id and patient_identifier_system else Reference(reference=subject_reference))
     version = str(result.model.get("strokescan") or __version__)
     device_urn = _urn()
     device = Device(
@@ -123,6 +129,8 @@ def build_bundle(result: ScanResult, subject_reference: str = DEFAULT_SUBJECT,
                    f"{result.operating_point} operating point). {NOTICE}.",
         identifier=[Identifier(system="urn:dicom:uid", value=f"urn:oid:{study_instance_uid}")]
         if study_instance_uid else None,
+        imagingStudy=[Reference(type="ImagingStudy", identifier=Identifier(
+            system="urn:dicom:uid", value=f"urn:oid:{study_instance_uid}"))] if study_instance_uid else None,
     )
     entries = [(device_urn, device), *observations, (_urn(), report)]
     return Bundle(type="transaction", entry=[
@@ -168,10 +176,14 @@ def post_bundle(bundle: Bundle, url: str, timeout_s: float = 10.0, headers: tupl
     return status
 
 
-def deliver(result: ScanResult, settings: FhirSettings, study_instance_uid: str | None = None) -> Bundle:
-    """Build the Bundle and send it where ``settings`` say (folder first, so a failed POST leaves a copy)."""
-    bundle = build_bundle(result, settings.subject_reference,
-                          study_instance_uid if settings.include_study_uid else None)
+def deliver(result: ScanResult, settings: FhirSettings, study_instance_uid: str | None = None,
+            patient_id: str | None = None) -> Bundle:
+    """Build the Bundle and send it where ``settings`` say (folder first, so a failed POST leaves a copy).
+    The study UID and the patient ID are used only when ``settings`` enable identifiers."""
+    identifying = settings.include_study_uid
+    bundle = build_bundle(result, settings.subject_reference, study_instance_uid if identifying else None,
+                          patient_id=str(patient_id).strip() or None if identifying and patient_id else None,
+                          patient_identifier_system=settings.patient_identifier_system if identifying else None)
     if settings.folder is not None:
         write_bundle(bundle, settings.folder)
     if settings.url:

@@ -8,8 +8,10 @@ Design (docs/integration.md):
   of the folder, then a :class:`~strokescan.app.web.db.ReceivedInstance` row in the web app's database (hashes,
   the calling AE, SOP class, transfer syntax, size, status), all BEFORE the C-STORE success status goes back. A
   SIGKILL loses nothing that was acknowledged; at start-up, files a crash left without a row get one.
-* **Completion.** A series is complete when no instance has arrived for ``quiet_seconds`` (or, when the header
-  says how many images the acquisition has (ImagesInAcquisition), as soon as that many are in). It then becomes
+* **Completion.** A series is complete when no association that sent it is still open and none has been
+  released (or aborted), nor an instance arrived, for ``quiet_seconds`` (or, when the header says how many
+  images the acquisition has (ImagesInAcquisition), as soon as that many are in): a pause inside one
+  association never completes a series. It then becomes
   a ``Study`` row of the web app's database (kind ``dicom``, label ``DICOM from <calling AE> <id>``), so the web app's
   :class:`~strokescan.app.web.jobs.JobWorker` analyses it exactly like an upload and its worklist lists it.
   Whether a series is queued is looked up in that table (by its folder), so a restart never queues it twice.
@@ -20,6 +22,16 @@ Design (docs/integration.md):
   A series the models were not made for (not CT, not head...) fails its job with the reason; the sweep
   records that in ``<series>/skipped.json`` and sends nothing. The instances' rows say ``analysed`` (a slice
   of the analysed volume) or ``skipped`` with the reason.
+* **Failures.** Building or sending the results of one series can fail (a geometry the SEG cannot carry, the
+  destination down): what can be built is built (the SR and key image without a SEG), the failure is
+  recorded once in ``<series>/delivery.json`` with its reason and retried with a doubling backoff
+  (``retry_seconds`` up to ``max_retry_seconds``), at most ``max_attempts`` times; then ``<series>/failed.json``
+  stops it (delete that file to try again). One failing series never holds up another: the sweep handles each
+  folder on its own.
+* **Versions.** An instance new to a series that was already queued is kept and marks the series grown
+  (``<series>/grown``); once it is quiet again it is analysed again and its results are sent as a new version
+  (new UIDs; the SR lists the earlier SRs as predecessors; the earlier objects stay in ``results-v<n>/``).
+  An SR says PARTIAL when slices are known to be missing (gaps in position or instance number).
 * **Log lines** name a series by its hash and the calling AE title, never a patient identifier or a UID.
 """
 
@@ -145,10 +157,13 @@ class ListenerSettings:
     host: str = "127.0.0.1"
     port: int = 11112
     allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
-    quiet_seconds: float = 5.0
+    quiet_seconds: float = 3.0
     destination: Destination | None = None
     fhir: FhirSettings | None = None
     poll_seconds: float = 0.25
+    retry_seconds: float = 5.0  # first wait before a failed delivery is tried again (doubling each time)
+    max_retry_seconds: float = 600.0
+    max_attempts: int = 10  # then the series is given up (failed.json)
     run_worker: bool = True  # run a JobWorker here (with the result hook); else another process analyses
     predictor_factory: Callable[[], Predictor] = field(default=lambda: Predictor(segment=True))
 
@@ -210,6 +225,10 @@ class Listener:
         self.sessions = session_factory(make_engine(settings.database_url))
         self._queued: set[str] = set()  # series folders (relative) known to have a Study row
         self._expected: dict[Path, int | None] = {}  # series folder -> images in the acquisition (header)
+        self._assoc_lock = threading.Lock()
+        self._open: dict[Path, set[int]] = {}  # series folder -> ids of the open associations that sent to it
+        self._released: dict[Path, float] = {}  # series folder -> when its last association ended
+        self._per_assoc: dict[int, dict[Path, dict[str, int]]] = {}  # association -> folder -> counts to log
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
@@ -247,7 +266,10 @@ class Listener:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         if self.settings.allowed_calling_aets:
             ae.require_calling_aet = list(self.settings.allowed_calling_aets)
-        handlers = [(evt.EVT_C_ECHO, lambda _event: SUCCESS), (evt.EVT_C_STORE, self._handle_store)]
+        ae.require_called_aet = True  # an association addressed to another AE title is refused
+        handlers = [(evt.EVT_C_ECHO, lambda _event: SUCCESS), (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_REJECTED, self._handle_rejected), (evt.EVT_RELEASED, self._handle_closed),
+                    (evt.EVT_ABORTED, self._handle_closed), (evt.EVT_CONN_CLOSE, self._handle_closed)]
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
         log.info("listening as %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
@@ -269,6 +291,53 @@ class Listener:
         if lock is not None:
             lock.close()
 
+    # ---- associations -----------------------------------------------------------------------------------------
+    def _handle_rejected(self, event) -> None:
+        """One log line per refused association: who called, from where, and why (AE titles, not patient data)."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or assoc.requestor.ae_title).strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        allowed = self.settings.allowed_calling_aets
+        if called != self.settings.ae_title.strip():
+            why = f"called AE title {called!r} is not {self.settings.ae_title!r}"
+        elif allowed and calling not in allowed:
+            why = "calling AE title not in --allow"
+        else:
+            why = "too many associations"
+        log.warning("association from %r at %s refused: %s", calling, assoc.requestor.address, why)
+
+    def _handle_closed(self, event) -> None:
+        """An association ended (released, aborted, or its connection closed): its series' quiet time starts now."""
+        key = id(event.assoc)
+        with self._assoc_lock:
+            counts = self._per_assoc.pop(key, {})
+            now = time.time()
+            for folder in counts:
+                open_ = self._open.get(folder)
+                if open_ is not None:
+                    open_.discard(key)
+                    if not open_:
+                        del self._open[folder]
+                self._released[folder] = now
+        calling = str(event.assoc.requestor.ae_title).strip()
+        for folder, c in counts.items():
+            if c.get("resent"):
+                log.info("series %s: %d instance(s) from %s sent again (already received, kept once)",
+                         folder.name[:8], c["resent"], calling)
+            if c.get("grown"):
+                log.info("series %s: %d new instance(s) from %s after the series was queued: it will be analysed "
+                         "again", folder.name[:8], c["grown"], calling)
+
+    def _note(self, event, folder: Path, what: str | None = None) -> None:
+        """Record that ``event``'s association sends to ``folder`` (and count ``what`` for its closing line)."""
+        key = id(event.assoc)
+        with self._assoc_lock:
+            self._open.setdefault(folder, set()).add(key)
+            counts = self._per_assoc.setdefault(key, {}).setdefault(folder, {})
+            if what:
+                counts[what] = counts.get(what, 0) + 1
+
     # ---- receiving --------------------------------------------------------------------------------------------
     def _handle_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -289,14 +358,18 @@ class Listener:
             log.warning("C-STORE from %s refused: the SOP Instance UID differs from the request's", calling)
             return MISSING_ATTRIBUTES
         folder = self.inbox.series_dir(uids[0], uids[1])
-        late = self._rel(folder) in self._queued
+        self._note(event, folder)
+        queued = self._rel(folder) in self._queued
+        resent = (folder / "instances" / f"{hashed(uids[2])}.dcm").exists()
         try:
             data = event.encoded_dataset(include_meta=True)
             path = self.inbox.store(data, *uids, calling_ae=calling)
+            if queued and not resent and not (folder / "grown").exists():
+                write_durably(folder / "grown", json.dumps({"at": time.time()}).encode())
         except OSError as exc:
             log.error("C-STORE from %s: cannot write the instance (%s)", calling, type(exc).__name__)
             return OUT_OF_RESOURCES
-        status, reason = (InstanceStatus.SKIPPED, LATE) if late else (InstanceStatus.RECEIVED, None)
+        status, reason = InstanceStatus.RECEIVED, None
         try:
             self._record(self._row(path, uids[2], calling, str(event.context.abstract_syntax),
                                    str(event.context.transfer_syntax), len(data), status, reason))
@@ -305,9 +378,10 @@ class Listener:
             return OUT_OF_RESOURCES
         if expected is not None:
             self._expected[folder] = expected
-        if late:
-            log.warning("series %s: an instance arrived after the series was queued; it is kept, not analysed",
-                        folder.name[:8])
+        if resent:
+            self._note(event, folder, "resent")
+        elif queued:
+            self._note(event, folder, "grown")
         return SUCCESS
 
     # ---- the database record of each instance -----------------------------------------------------------------
@@ -408,8 +482,12 @@ class Listener:
         expected = self._expected[folder]
         if expected and len(self.inbox.instances(folder)) >= expected:
             return True
+        with self._assoc_lock:
+            if self._open.get(folder):
+                return False  # an association is still sending it (a pause inside it is not the end)
+            released = self._released.get(folder, 0.0)
         # after a (re)start, senders cut off by it get a full quiet time to send again
-        last = max(self.inbox.last_arrival(folder), self._started)
+        last = max(self.inbox.last_arrival(folder), released, self._started)
         return time.time() - last >= self.settings.quiet_seconds
 
     def _count_on_disk(self, folder: Path) -> int | None:
@@ -441,28 +519,114 @@ class Listener:
         return study_id
 
     def sweep(self) -> None:
-        """Queue the complete series not yet queued; send (or record as skipped) what finished unsent."""
+        """Queue the complete series not yet queued; send (or record as skipped) what finished unsent; analyse
+        again the series that grew. Each folder on its own: one that fails never holds up the others."""
         for folder in self.inbox.series():
-            rel = self._rel(folder)
-            if (folder / "sent.json").exists() or (folder / "skipped.json").exists():
+            try:
+                self._sweep_one(folder)
+            except Exception as exc:  # noqa: BLE001 - one series must never stop the sweep
+                self._record_failure(folder, f"internal error ({type(exc).__name__})")
+
+    def _sweep_one(self, folder: Path) -> None:
+        rel = self._rel(folder)
+        if (folder / "failed.json").exists() or (folder / "skipped.json").exists():
+            self._queued.add(rel)
+            return
+        if (folder / "sent.json").exists():
+            self._queued.add(rel)
+            if (folder / "grown").exists() and self._complete(folder):
+                self._analyse_again(folder)
+            return
+        if rel not in self._queued:
+            if self._study_of(folder) is not None:
                 self._queued.add(rel)
-                continue
-            if rel not in self._queued:
-                if self._study_of(folder) is not None:
-                    self._queued.add(rel)
-                elif self._complete(folder):
-                    self.queue(folder)
-                continue
-            study = self._study_of(folder)
-            if study is None:
-                continue
-            if study.status == StudyStatus.FAILED:
-                self._mark_skipped(folder, study.error or "the analysis failed")
-                write_durably(folder / "skipped.json", json.dumps(
-                    {"study_id": study.id, "reason": study.error, "at": _now()}).encode())
-                log.info("series %s: skipped: %s", folder.name[:8], study.error)
-            elif study.status == StudyStatus.DONE and self._may_recover(study):
-                self._send_unsent(folder, study.id)
+            elif self._complete(folder):
+                self.queue(folder)
+            return
+        study = self._study_of(folder)
+        if study is None:
+            return
+        if study.status == StudyStatus.FAILED:
+            self._mark_skipped(folder, study.error or "the analysis failed")
+            write_durably(folder / "skipped.json", json.dumps(
+                {"study_id": study.id, "reason": study.error, "at": _now()}).encode())
+            log.info("series %s: skipped: %s", folder.name[:8], study.error)
+        elif study.status == StudyStatus.DONE and self._may_recover(study) and self._retry_due(folder):
+            self._send_unsent(folder, study.id)
+
+    # ---- failures: recorded once, retried with a backoff, then given up --------------------------------------------
+    def _delivery_state(self, folder: Path) -> dict:
+        try:
+            return dict(json.loads((folder / "delivery.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _retry_due(self, folder: Path) -> bool:
+        return time.time() >= float(self._delivery_state(folder).get("next_at", 0.0))
+
+    def _record_failure(self, folder: Path, reason: str) -> None:
+        """Count one failed delivery of ``folder``: log it (a new reason as a warning, a repeat in one info line),
+        set the next try after a doubling backoff, or give the series up after ``max_attempts``."""
+        state = self._delivery_state(folder)
+        attempts = int(state.get("attempts", 0)) + 1
+        wait = min(self.settings.retry_seconds * 2 ** (attempts - 1), self.settings.max_retry_seconds)
+        state.update(attempts=attempts, reason=reason, last_at=_now(), next_at=time.time() + wait)
+        if state.get("first_reason") is None:
+            state["first_reason"] = reason
+        key = folder.name[:8]
+        with contextlib.suppress(OSError):
+            if attempts >= self.settings.max_attempts:
+                write_durably(folder / "failed.json", json.dumps(
+                    {"attempts": attempts, "reason": reason, "at": _now()}).encode())
+                log.error("series %s: delivery given up after %d attempts: %s (delete failed.json to try again)",
+                          key, attempts, reason)
+            write_durably(folder / "delivery.json", json.dumps(state).encode())
+        if attempts >= self.settings.max_attempts:
+            return
+        if attempts == 1 or state.get("logged_reason") != reason:
+            log.warning("series %s: delivery failed: %s; next try in %.0f s", key, reason, wait)
+            state["logged_reason"] = reason
+            with contextlib.suppress(OSError):
+                write_durably(folder / "delivery.json", json.dumps(state).encode())
+        else:
+            log.info("series %s: delivery attempt %d failed again; next try in %.0f s", key, attempts, wait)
+
+    # ---- versions: a series that grew after it was analysed ----------------------------------------------------
+    @staticmethod
+    def _version(folder: Path) -> int:
+        """The version of the series' results being built now (1, then one more per earlier delivery kept)."""
+        return 1 + len(list(folder.glob("results-v*")))
+
+    def _analyse_again(self, folder: Path) -> None:
+        """The series grew after its results were sent: keep those as ``results-v<n>``, queue the study again."""
+        study = self._study_of(folder)
+        if study is None or study.status in (StudyStatus.QUEUED, StudyStatus.RUNNING):
+            return
+        version = self._version(folder)
+        with self._send_lock:
+            kept = folder / f"results-v{version}"
+            results = folder / "results"
+            if results.is_dir():
+                os.replace(results, kept)
+            kept.mkdir(exist_ok=True)
+            os.replace(folder / "sent.json", kept / "sent.json")
+            (folder / "grown").unlink(missing_ok=True)
+            (folder / "delivery.json").unlink(missing_ok=True)
+            _fsync_dir(folder)
+            n_files = len(self.inbox.instances(folder))
+            with self.sessions.begin() as session:
+                session.execute(update(Study).where(Study.id == study.id).values(
+                    status=StudyStatus.QUEUED, n_files=n_files, started_at=None, finished_at=None, error=None))
+        log.info("series %s: grew to %d instances after it was analysed: analysing it again (version %d)",
+                 folder.name[:8], n_files, version + 1)
+
+    def _previous_reports(self, folder: Path) -> list[Dataset]:
+        """The SRs of the earlier versions sent, oldest first (the new SR supersedes them)."""
+        out = []
+        for path in sorted(folder.glob("results-v*/sr.dcm"), key=lambda p: int(p.parent.name.split("-v")[1])):
+            with contextlib.suppress(Exception):
+                out.append(pydicom.dcmread(path))
+        return out
 
     def _may_recover(self, study: Study) -> bool:
         """Whether a done-but-unsent study is left over (and not about to be sent by the worker's hook, which
@@ -476,48 +640,77 @@ class Listener:
         with self.sessions() as session:
             study = session.get(Study, study_id)
             folder = self.instance_dir / study.upload_dir
+            started = study.started_at
         if folder.parent != self.inbox.root:
             return  # a web upload, not a series from the listener
-        self.deliver(folder, study_id, scan, result)
+        self._clear_grown_before(folder, started)
+        try:
+            self.deliver(folder, study_id, scan, result)
+        except Exception as exc:  # noqa: BLE001 - recorded and retried by the sweep; never a traceback per try
+            self._record_failure(folder, _reason(exc))
+
+    @staticmethod
+    def _clear_grown_before(folder: Path, started: datetime | None) -> None:
+        """A growth mark older than the analysis that just ended was part of it: drop it."""
+        marker = folder / "grown"
+        if started is None or not marker.exists():
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            at = float(json.loads(marker.read_text())["at"])
+            if at < started.replace(tzinfo=UTC).timestamp():
+                marker.unlink()
 
     def _send_unsent(self, folder: Path, study_id: int) -> None:
-        """Recovery: resend the kept objects, or (a crash before they were built) analyse again and send."""
-        results = folder / "results"
-        if (results / "complete").exists():
-            with self._send_lock:
-                if not (folder / "sent.json").exists():
-                    self._send_files(folder, study_id, sorted(results.glob("*.dcm")))
-            return
-        from strokescan.io import load_scan
+        """Recovery: resend the kept objects, or (a crash, or a failure, before they were built) analyse again and
+        send."""
+        try:
+            results = folder / "results"
+            if (results / "complete").exists():
+                with self._send_lock:
+                    if not (folder / "sent.json").exists():
+                        self._send_files(folder, study_id, sorted(results.glob("*.dcm")))
+                return
+            from strokescan.io import load_scan
 
-        if self._sweep_predictor is None:
-            self._sweep_predictor = self.settings.predictor_factory()
-        scan = load_scan(folder / "instances")
-        self.deliver(folder, study_id, scan, self._sweep_predictor.analyse(scan))
+            if self._sweep_predictor is None:
+                self._sweep_predictor = self.settings.predictor_factory()
+            scan = load_scan(folder / "instances")
+            self.deliver(folder, study_id, scan, self._sweep_predictor.analyse(scan))
+        except Exception as exc:  # noqa: BLE001 - recorded once, retried with a backoff
+            self._record_failure(folder, _reason(exc))
 
     def deliver(self, folder: Path, study_id: int, scan, result: ScanResult) -> None:
-        """Build the result objects of one series, keep them, send them once."""
+        """Build the result objects of one series (what the geometry allows), keep them, send them once."""
         with self._send_lock:
             if (folder / "sent.json").exists():
                 return
             started = time.monotonic()
             sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.inbox.instances(folder)]
-            objects = build_result_objects(scan, sources, result, uid_seed=f"strokescan:{folder.name}:{study_id}")
+            version = self._version(folder)
+            previous = self._previous_reports(folder) if version > 1 else None
+            seed = f"strokescan:{folder.name}:{study_id}" + (f":v{version}" if version > 1 else "")
+            objects = build_result_objects(scan, sources, result, uid_seed=seed, previous_versions=previous)
             results = folder / "results"
             results.mkdir(exist_ok=True)
             paths = []
-            for name, ds in (("seg", objects.seg), ("sr", objects.sr), ("key-image", objects.key_image)):
+            for name, ds in objects.named():
                 path = results / f"{name}.dcm"
                 buffer = DicomBytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 write_durably(path, buffer.getvalue())
                 paths.append(path)
+            notes = {"seg_problem": objects.seg_problem, "missing_slices": objects.missing_slices, "version": version}
+            write_durably(results / "notes.json", json.dumps(notes).encode())
             self._mark_analysed(folder, {Path(s.split("#")[0]).name for s in scan.slice_sources})
             write_durably(results / "complete", b"")
-            log.info("series %s: result objects built in %.2f s", folder.name[:8], time.monotonic() - started)
+            log.info("series %s: result objects built in %.2f s (version %d)%s%s", folder.name[:8],
+                     time.monotonic() - started, version,
+                     f"; no SEG: {objects.seg_problem}" if objects.seg_problem else "",
+                     f"; PARTIAL: {objects.missing_slices}" if objects.missing_slices else "")
             if self.settings.fhir is not None:
                 try:
-                    deliver(result, self.settings.fhir, sources[0].get("StudyInstanceUID"))
+                    deliver(result, self.settings.fhir, sources[0].get("StudyInstanceUID"),
+                            patient_id=sources[0].get("PatientID"))
                 except Exception as exc:  # noqa: BLE001 - FHIR is best effort; DICOM delivery goes on
                     log.warning("series %s: FHIR delivery failed (%s)", folder.name[:8], exc)
             self._send_files(folder, study_id, paths)
@@ -534,10 +727,23 @@ class Listener:
             write_durably(folder / "sent.json", json.dumps(
                 {"study_id": study_id, "destination": f"{destination.ae_title}@{destination.host}:{destination.port}",
                  "at": _now(), "files": [p.name for p in paths]}).encode())
-            log.info("series %s: results sent to %s", folder.name[:8], destination.ae_title)
+            (folder / "delivery.json").unlink(missing_ok=True)
+            log.info("series %s: results sent to %s (%s)", folder.name[:8], destination.ae_title,
+                     ", ".join(p.stem for p in paths))
         else:
-            log.warning("series %s: sending results to %s failed (statuses %s); retried later", folder.name[:8],
-                        destination.ae_title, ", ".join(f"0x{s:04X}" if s >= 0 else "none" for s in statuses))
+            answer = ("no association" if all(s < 0 for s in statuses)
+                      else "statuses " + ", ".join(f"0x{s:04X}" if s >= 0 else "none" for s in statuses))
+            self._record_failure(folder, f"sending to {destination.ae_title} failed ({answer})")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming a failure (a StrokescanError's message; other errors by their type only, since a library's
+    message may quote header values)."""
+    from strokescan.errors import StrokescanError
+
+    if isinstance(exc, StrokescanError):
+        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__} while building or sending the results"
 
 
 def send_datasets(datasets: Sequence[Dataset], destination: Destination, calling_ae: str = "STROKESCAN",
@@ -562,52 +768,128 @@ def send_datasets(datasets: Sequence[Dataset], destination: Destination, calling
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
+#: each option's default, to tell what a --config file may set (a flag given on the command line wins)
+_DEFAULTS: dict[str, object] = {}
+#: option values a TOML file gives as text or lists, turned into what the flag would give
+_CONVERT: dict[str, Callable[[object], object]] = {
+    "dest": lambda v: Destination.parse(str(v)), "fhir_dir": lambda v: Path(str(v)),
+    "instance_dir": lambda v: Path(str(v)), "model": lambda v: Path(str(v)), "segmenter": lambda v: Path(str(v)),
+    "fhir_token_file": lambda v: Path(str(v)), "allow": lambda v: [str(x) for x in (v if isinstance(v, list) else [v])],
+}
+
+
 def add_listen_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ae-title", default=os.environ.get("STROKESCAN_AE_TITLE", "STROKESCAN"))
+    p.add_argument("--config", type=Path, metavar="TOML",
+                   help="read these options from a TOML file (keys as the flags, e.g. quiet-seconds = 3); "
+                   "flags on the command line win")
+    p.add_argument("--ae-title", default=os.environ.get("STROKESCAN_AE_TITLE", "STROKESCAN"),
+                   help="our AE title; an association addressed to another one is refused")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--allow", action="append", default=[], metavar="AET",
-                   help="accept only these calling AE titles (repeat; default: any)")
-    p.add_argument("--quiet-seconds", type=float, default=5.0,
-                   help="a series is complete when no instance arrived for this long (default 5)")
+                   help="accept only these calling AE titles (repeat; default: any); a refusal is logged")
+    p.add_argument("--quiet-seconds", type=float, default=3.0,
+                   help="a series is complete when its associations are closed and nothing arrived for this long "
+                   "(default 3)")
     p.add_argument("--dest", type=Destination.parse, metavar="AET@HOST:PORT",
                    help="send SEG, SR and key image here by C-STORE")
+    p.add_argument("--retry-seconds", type=float, default=5.0,
+                   help="first wait before a failed delivery is tried again; doubles each time (default 5)")
+    p.add_argument("--max-retry-seconds", type=float, default=600.0, help="longest wait between tries (default 600)")
+    p.add_argument("--max-attempts", type=int, default=10, help="tries before a series is given up (default 10)")
     p.add_argument("--fhir-url", help="POST a FHIR R4 DiagnosticReport bundle to this base URL")
     p.add_argument("--fhir-dir", type=Path, help="write the FHIR bundles to this folder")
+    p.add_argument("--fhir-token-file", type=Path,
+                   help="a file holding a bearer token for the FHIR server (or set $STROKESCAN_FHIR_TOKEN)")
+    p.add_argument("--fhir-identifiers", action="store_true",
+                   help="put identifiers in the FHIR report: the subject by PatientID (with --fhir-patient-system) "
+                   "and the ImagingStudy by StudyInstanceUID (off by default)")
+    p.add_argument("--fhir-patient-system", metavar="URI",
+                   help="identifier system of the DICOM PatientID at this site (used with --fhir-identifiers)")
     p.add_argument("--instance-dir", type=Path, help="the web app's instance folder (default: its default)")
     p.add_argument("--database-url", help="the web app's database (default: the one of the instance folder)")
     p.add_argument("--model", type=Path, help="classifier folder (default: the bundled model)")
     p.add_argument("--segmenter", type=Path, help="segmentation model folder (default: the bundled one)")
     p.add_argument("--no-worker", action="store_true", help="only receive and queue; another process analyses "
                    "(results are then sent by the sweep, after analysing again)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level of the listener's lines on stderr, with timestamps (default INFO)")
+    _DEFAULTS.update({a.dest: a.default for a in p._actions if a.dest != "help"})
+
+
+def apply_config(args: argparse.Namespace) -> argparse.Namespace:
+    """Options from ``args.config`` (TOML) for every option the command line left at its default."""
+    if not getattr(args, "config", None):
+        return args
+    import tomllib
+
+    with open(args.config, "rb") as fh:
+        doc = tomllib.load(fh)
+    doc = doc.get("listen", doc)  # a [listen] table, or the options at the top level
+    for key, value in doc.items():
+        dest = key.replace("-", "_")
+        if dest not in _DEFAULTS or dest == "config":
+            raise ValueError(f"{args.config}: unknown option {key!r}")
+        if getattr(args, dest, None) == _DEFAULTS[dest]:
+            setattr(args, dest, _CONVERT.get(dest, lambda v: v)(value))
+    return args
+
+
+def _fhir_headers(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    token = os.environ.get("STROKESCAN_FHIR_TOKEN", "")
+    if getattr(args, "fhir_token_file", None):
+        token = Path(args.fhir_token_file).read_text().strip()
+    return (("Authorization", f"Bearer {token}"),) if token else ()
 
 
 def settings_from_args(args: argparse.Namespace) -> ListenerSettings:
     from strokescan.config import database_url, web_root
 
+    args = apply_config(args)
     instance_dir = (args.instance_dir or web_root()).resolve()
     url = args.database_url or (database_url() if instance_dir == web_root().resolve()
                                 else f"sqlite:///{instance_dir / 'strokescan.db'}")
     model, segmenter = args.model, args.segmenter
-    fhir = FhirSettings(folder=args.fhir_dir, url=args.fhir_url) if (args.fhir_dir or args.fhir_url) else None
+    fhir = FhirSettings(folder=args.fhir_dir, url=args.fhir_url, headers=_fhir_headers(args),
+                        include_study_uid=bool(getattr(args, "fhir_identifiers", False)),
+                        patient_identifier_system=getattr(args, "fhir_patient_system", None),
+                        ) if (args.fhir_dir or args.fhir_url) else None
     return ListenerSettings(
         instance_dir=instance_dir, database_url=url, ae_title=args.ae_title, host=args.host, port=args.port,
         allowed_calling_aets=tuple(args.allow), quiet_seconds=args.quiet_seconds, destination=args.dest, fhir=fhir,
-        run_worker=not args.no_worker,
+        run_worker=not args.no_worker, retry_seconds=args.retry_seconds, max_retry_seconds=args.max_retry_seconds,
+        max_attempts=args.max_attempts,
         predictor_factory=lambda: Predictor(model, segmenter_dir=segmenter, segment=True),
     )
 
 
-def run_listen(args: argparse.Namespace) -> int:
-    """The ``strokescan listen`` command: run until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pynetdicom", "pydicom", "alembic"):
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Timestamped lines on stderr at ``level`` (replacing a handler the CLI set up for its other commands)."""
+    logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT, force=True)
+    for noisy in ("pynetdicom", "pydicom", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    listener = Listener(settings_from_args(args))
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    """The ``strokescan listen`` command: run until interrupted (SIGTERM or Ctrl-C: a graceful stop)."""
+    import signal
+
+    settings = settings_from_args(args)
+    setup_logging(getattr(args, "log_level", "INFO") or "INFO")
+
+    def _interrupt(*_args) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    listener = Listener(settings)
     listener.start()
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}, not only this machine", file=sys.stderr)
-    print(f"strokescan listen: {listener.settings.ae_title} on {args.host}:{listener.port}", flush=True)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {settings.host}, not only this machine", file=sys.stderr)
+    print(f"strokescan listen: {listener.settings.ae_title} on {settings.host}:{listener.port}", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -631,12 +913,6 @@ def add_listen_command(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="strokescan-listen")
     add_listen_arguments(parser)
-    import signal
-
-    def _interrupt(*_args) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
     return run_listen(parser.parse_args(argv))
 
 
