@@ -2,7 +2,7 @@
 
 The bundled detector trained on every patient of ctich-kaggle, phe-sich and bhsd-mini, so no patient is held
 out from it. This script therefore retrains ONE cross-validation fold's detector from the cached trunk features
-(the recipe of ``strokescan train-detector --protocol all``: :func:`strokescan.training.detection.train_detector`
+(the recipe of ``strokescan train classifier --protocol all``: :func:`strokescan.training.detection.train_detector`
 with ``DetectorConfig()``; test fold K, early stopping on fold K+1, the other three folds train), checks that
 it reproduces that fold's out-of-fold logits (``runs/detect_all/fold_K.json``), and evaluates the explanations
 on fold K's patients, which the retrained model never saw. It also trains the label-randomisation control (the
