@@ -209,7 +209,8 @@ def test_an_analysis_error_marks_the_study_failed_and_keeps_the_upload(app, toke
     assert "/instance/" not in status["error"] and "Traceback" not in status["error"]
     with app.extensions["strokescan"]["sessions"]() as session:
         upload = Path(app.extensions["strokescan"]["settings"].instance_dir) / session.get(Study, study_id).upload_dir
-    assert any(upload.rglob("cut.dcm"))
+    assert [f.name for f in upload.rglob("*.dcm")] == ["0001.dcm"]  # kept, under a neutral name
+    assert "cut" not in status["error"], status["error"]
     r = client.get(f"/api/v1/studies/{study_id}/result", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 409 and "failed" in r.json["error"]
 

@@ -171,9 +171,27 @@ def test_a_file_of_no_known_kind_is_refused(tmp_path: Path) -> None:
     _refused(_parts(("notes.txt", b"hello\n")), tmp_path / "up", 415, "notes.txt")
 
 
-def test_a_zip_member_of_no_known_kind_is_refused(tmp_path: Path, dicom_bytes: bytes) -> None:
-    data = _zip(("01.dcm", dicom_bytes), ("series/readme.txt", b"hello\n"))
-    _refused(_parts(("series.zip", data)), tmp_path / "up", 415, "series.zip!series/readme.txt")
+def test_a_zip_member_of_no_known_kind_is_ignored_beside_dicom_files(tmp_path: Path, dicom_bytes: bytes) -> None:
+    data = _zip(("01.dcm", dicom_bytes), ("series/readme.txt", b"hello\n"), ("viewer.exe", b"MZ" + bytes(300)))
+    stored = store_upload(_parts(("series.zip", data)), tmp_path / "up")
+    assert stored.kind == "dicom" and stored.n_files == 1
+    assert stored.ignored == ["series.zip!series/readme.txt", "series.zip!viewer.exe"]
+    assert [p.name for p in stored.root.rglob("*") if p.is_file()] == ["0002.dcm"]  # the others are gone
+
+
+def test_a_file_of_no_known_kind_beside_an_image_is_refused(tmp_path: Path) -> None:
+    _refused(_parts(("a.png", PNG.read_bytes()), ("notes.txt", b"hello\n")), tmp_path / "up", 415, "notes.txt")
+
+
+def test_stored_files_have_neutral_names_and_are_private(tmp_path: Path, dicom_bytes: bytes) -> None:
+    dest = tmp_path / "up"
+    stored = store_upload(_parts(("Doe_Jane_19800707.png", PNG.read_bytes())), dest)
+    assert stored.analyse_path.name == "0001.png" and "Doe" not in str(stored.analyse_path)
+    data = _zip(("Doe_Jane/01.dcm", dicom_bytes), ("Doe_Jane/02.dcm", dicom_bytes))
+    series = store_upload(_parts(("Doe_Jane.zip", data)), dest)
+    assert sorted(p.name for p in series.root.rglob("*")) == ["0002.dcm", "0003.dcm"]
+    for path in [dest, stored.root, series.root, *series.root.rglob("*"), stored.analyse_path]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
 
 
 def test_mixed_kinds_are_refused(tmp_path: Path, dicom_bytes: bytes) -> None:
@@ -203,7 +221,7 @@ def test_a_refusal_keeps_earlier_uploads(tmp_path: Path) -> None:
 
 def test_a_single_png_is_kept_as_the_file_to_analyse(tmp_path: Path) -> None:
     dest = tmp_path / "up"
-    stored = store_upload(_parts(("My Slice (1).png", PNG.read_bytes())), dest)
+    stored = store_upload(_parts(("My Slice (1).png", PNG.read_bytes())), dest, keep_names=True)
     assert isinstance(stored, StoredUpload)
     assert stored.kind == "image" and stored.n_files == 1 and stored.n_bytes == PNG.stat().st_size
     assert stored.root.parent == dest and stored.analyse_path.parent == stored.root
@@ -213,7 +231,7 @@ def test_a_single_png_is_kept_as_the_file_to_analyse(tmp_path: Path) -> None:
 
 def test_the_ge_zip_is_unpacked_into_a_folder_load_scan_reads(tmp_path: Path) -> None:
     with GE_ZIP.open("rb") as fh:
-        stored = store_upload([("ge-hispeed-head-series.zip", fh)], tmp_path / "up")
+        stored = store_upload([("ge-hispeed-head-series.zip", fh)], tmp_path / "up", keep_names=True)
     assert stored.kind == "dicom" and stored.n_files == 28
     assert stored.analyse_path == stored.root and stored.root.is_dir()
     assert sorted(p.name for p in stored.root.iterdir()) == [f"{k:02d}.dcm" for k in range(1, 29)]
@@ -226,7 +244,7 @@ def test_a_folder_upload_keeps_its_relative_names(tmp_path: Path, ge_dir: Path) 
     parts = [(f"series/{p.name}", p.open("rb")) for p in files]
     parts.append(("series/.DS_Store", io.BytesIO(b"junk")))
     try:
-        stored = store_upload(parts, tmp_path / "up")
+        stored = store_upload(parts, tmp_path / "up", keep_names=True)
     finally:
         for _, fh in parts:
             fh.close()
@@ -236,8 +254,9 @@ def test_a_folder_upload_keeps_its_relative_names(tmp_path: Path, ge_dir: Path) 
 
 
 def test_a_dicom_with_preamble_is_accepted(tmp_path: Path, cq500_bytes: bytes) -> None:
-    stored = store_upload(_parts(("CT000000", cq500_bytes)), tmp_path / "up")
+    stored = store_upload(_parts(("CT000000", cq500_bytes)), tmp_path / "up", keep_names=True)
     assert stored.kind == "dicom" and stored.analyse_path.name == "CT000000"
+    assert store_upload(_parts(("CT000000", cq500_bytes)), tmp_path / "up").analyse_path.name == "0001"
 
 
 def test_junk_and_folders_inside_a_zip_are_skipped(tmp_path: Path, dicom_bytes: bytes) -> None:
@@ -249,7 +268,7 @@ def test_junk_and_folders_inside_a_zip_are_skipped(tmp_path: Path, dicom_bytes: 
         ("__MACOSX/series/._01.dcm", b"junk"),
         ("DICOMDIR", b"index"),
     )
-    stored = store_upload(_parts(("upload.zip", data)), tmp_path / "up")
+    stored = store_upload(_parts(("upload.zip", data)), tmp_path / "up", keep_names=True)
     assert stored.n_files == 2 and stored.kind == "dicom"
     assert sorted(str(p.relative_to(stored.root)) for p in stored.root.rglob("*") if p.is_file()) == [
         "series/01.dcm",
@@ -266,5 +285,5 @@ def test_a_nifti_volume_is_accepted(tmp_path: Path, suffix: str) -> None:
     nib.save(nib.Nifti1Image(volume, np.eye(4)), written)
     stored = store_upload(_parts((f"brain{suffix}", written.read_bytes())), tmp_path / "up")
     assert stored.kind == "nifti" and stored.n_files == 1
-    assert stored.analyse_path.name == f"brain{suffix}"
+    assert stored.analyse_path.name == f"0001{suffix}"
     assert load_scan(stored.analyse_path).source_format == "nifti"

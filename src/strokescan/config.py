@@ -101,3 +101,22 @@ def show_identifiers() -> bool:
     """Patient identifiers on pages, in logs and in the database only when the operator sets
     ``STROKESCAN_SHOW_IDENTIFIERS=1``."""
     return os.environ.get("STROKESCAN_SHOW_IDENTIFIERS") == "1"
+
+
+# Web app access (strokescan serve): sessions, API tokens, login throttling, worklist, retention. Each value may be
+# set by the operator in the environment; the defaults follow common hospital policies.
+def web_access() -> dict[str, int]:
+    """``session_idle_minutes`` ($STROKESCAN_SESSION_IDLE_MINUTES, 30), ``session_max_hours``
+    ($STROKESCAN_SESSION_MAX_HOURS, 12), ``token_days`` ($STROKESCAN_TOKEN_DAYS, 90), ``login_max_failures``
+    ($STROKESCAN_LOGIN_MAX_FAILURES, 5), ``login_lockout_minutes`` ($STROKESCAN_LOGIN_LOCKOUT_MINUTES, 15),
+    ``worklist_page_size`` ($STROKESCAN_WORKLIST_PAGE_SIZE, 50), ``retention_days`` ($STROKESCAN_RETENTION_DAYS,
+    0: studies are kept until an admin deletes them)."""
+    return {
+        "session_idle_minutes": _env_int("STROKESCAN_SESSION_IDLE_MINUTES", 30),
+        "session_max_hours": _env_int("STROKESCAN_SESSION_MAX_HOURS", 12),
+        "token_days": _env_int("STROKESCAN_TOKEN_DAYS", 90),
+        "login_max_failures": _env_int("STROKESCAN_LOGIN_MAX_FAILURES", 5),
+        "login_lockout_minutes": _env_int("STROKESCAN_LOGIN_LOCKOUT_MINUTES", 15),
+        "worklist_page_size": _env_int("STROKESCAN_WORKLIST_PAGE_SIZE", 50),
+        "retention_days": _env_int("STROKESCAN_RETENTION_DAYS", 0),
+    }

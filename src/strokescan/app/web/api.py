@@ -1,6 +1,7 @@
-"""The REST API under ``/api/v1``: bearer-token authentication, studies made by upload (202 + id), their status,
-the result (the one result schema, docs/results.md), masks as PNG and NIfTI, reader feedback; described by
-``/api/v1/openapi.json``. Errors are JSON ``{"error": "..."}`` with a 4xx status."""
+"""The REST API under ``/api/v1``: bearer-token authentication (revocable, expiring tokens; every use audited),
+studies made by upload (202 + id), their status, the result (the one result schema, docs/results.md), masks as
+PNG and NIfTI, reader feedback, deletion (admins); described by ``/api/v1/openapi.json``. Errors are JSON
+``{"error": "..."}`` with a 4xx status."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 
-from strokescan.app.web.accounts import user_for_token
-from strokescan.app.web.db import Feedback, Study, StudyStatus
+from strokescan.app.web.accounts import token_row
+from strokescan.app.web.audit import record, record_request
+from strokescan.app.web.db import Feedback, Study, StudyStatus, utcnow
 from strokescan.app.web.openapi import OPENAPI
 from strokescan.app.web.render import mask_png, masks_nifti, study_geometry
-from strokescan.app.web.studies import create_study, study_folder, study_summary, worklist_query
+from strokescan.app.web.studies import (count_of, create_study, delete_study, study_folder, study_summary,
+                                        worklist_query)
 from strokescan.app.web.uploads import UploadRejected
 
 log = logging.getLogger(__name__)
@@ -36,17 +39,31 @@ def _exempt_from_csrf(state) -> None:
     state.app.extensions["csrf"].exempt(bp)
 
 
+def _show_ids() -> bool:
+    return bool(_ctx()["settings"].show_identifiers)
+
+
 def token_required(view):
+    """A live token (neither revoked nor expired) or 401; the use is recorded on the token and audited."""
     @wraps(view)
     def wrapper(*args, **kwargs):
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return _error(401, "send 'Authorization: Bearer <token>' (make one with 'strokescan web token USER')")
-        with _ctx()["sessions"]() as session:
-            user = user_for_token(session, header.removeprefix("Bearer ").strip())
-            if user is None:
-                return _error(401, "unknown or revoked token")
-            g.api_user_id = user.id
+        now = utcnow()
+        with _ctx()["sessions"].begin() as session:
+            row = token_row(session, header.removeprefix("Bearer ").strip()[:200])
+            state = row.state(now) if row is not None else "unknown"
+            if state == "active":
+                row.last_used_at = now
+                g.api_user, g.api_user_id, g.api_token_id = row.user, row.user_id, row.id
+            refused = (row.user_id, row.user.username, row.id) if row is not None and state != "active" else None
+        if state != "active":
+            if refused:
+                record(_ctx()["sessions"], "token_refused", user_id=refused[0], username=refused[1], via="api",
+                       token_id=refused[2], remote_addr=request.remote_addr, detail=f"{state} token")
+            return _error(401, "unknown or revoked token" if state != "expired" else "this token has expired")
+        record_request("token_use", study_id=kwargs.get("study_id"), detail=f"{request.method} {request.path}"[:200])
         return view(*args, **kwargs)
     return wrapper
 
@@ -68,12 +85,14 @@ def create():
         with _ctx()["sessions"].begin() as session:
             study = create_study(session, _ctx()["settings"].instance_dir,
                                  ((f.filename or "", f.stream) for f in files), _ctx()["settings"].limits,
-                                 g.api_user_id)
-            summary = study_summary(study)
+                                 g.api_user_id, show_identifiers=_show_ids())
+            summary = study_summary(study, _show_ids())
+            ignored, n_files = study.ignored, study.n_files
     except UploadRejected as error:
         return _error(error.status, str(error))
     log.info("study %d: uploaded through the API", summary["id"])
-    response = jsonify({**summary, "links": _links(summary["id"])})
+    record_request("upload", study_id=summary["id"], detail=f"{n_files} files, {len(ignored)} ignored")
+    response = jsonify({**summary, "links": _links(summary["id"]), "ignored": ignored})
     response.headers["Location"] = url_for("api.get_study", study_id=summary["id"])
     return response, 202
 
@@ -89,9 +108,16 @@ def list_studies():
     status = request.args.get("status")
     if status and status not in {s.value for s in StudyStatus}:
         return _error(400, f"unknown status {status!r}; one of {', '.join(s.value for s in StudyStatus)}")
+    limit, offset = request.args.get("limit") or "100", request.args.get("offset") or "0"
+    if not (limit.isdigit() and offset.isdigit() and len(offset) < 10 and 1 <= int(limit) <= 1000):
+        return _error(400, "limit: 1 to 1000; offset: a whole number")
+    query = worklist_query(status, request.args.get("flagged") == "1")
     with _ctx()["sessions"]() as session:
-        studies = session.scalars(worklist_query(status, request.args.get("flagged") == "1")).all()
-        return jsonify(studies=[study_summary(s) for s in studies])
+        total = count_of(session, query)
+        studies = session.scalars(query.offset(int(offset)).limit(int(limit))).all()
+        listed = [study_summary(s, _show_ids()) for s in studies]
+    record_request("view_worklist", detail=f"{len(listed)} studies")
+    return jsonify(studies=listed, total=total, offset=int(offset), limit=int(limit))
 
 
 @bp.get("/studies/<int:study_id>")
@@ -101,7 +127,25 @@ def get_study(study_id: int):
         study = _study(session, study_id)
         if study is None:
             return _error(404, f"no study {study_id}")
-        return jsonify({**study_summary(study), "links": _links(study_id)})
+        answer = {**study_summary(study, _show_ids()), "links": _links(study_id)}
+    record_request("view_study", study_id=study_id)
+    return jsonify(answer)
+
+
+@bp.delete("/studies/<int:study_id>")
+@token_required
+def delete(study_id: int):
+    if not g.api_user.is_admin:
+        return _error(403, "only an admin may delete a study")
+    with _ctx()["sessions"].begin() as session:
+        study = _study(session, study_id)
+        if study is None:
+            return _error(404, f"no study {study_id}")
+        if study.status == StudyStatus.RUNNING:
+            return _error(409, f"study {study_id} is being analysed: delete it when it is done")
+        delete_study(session, _ctx()["settings"].instance_dir, study)
+    record_request("delete", study_id=study_id)
+    return Response(status=204)
 
 
 def _done_study(study_id: int) -> tuple[Study | None, tuple | None]:
@@ -118,7 +162,10 @@ def _done_study(study_id: int) -> tuple[Study | None, tuple | None]:
 @token_required
 def result(study_id: int):
     study, problem = _done_study(study_id)
-    return problem or jsonify(study.result)
+    if problem:
+        return problem
+    record_request("view_result", study_id=study_id)
+    return jsonify(study.result)
 
 
 def _masks_folder(study_id: int) -> tuple[Study | None, Path | None, tuple | None]:
@@ -139,7 +186,9 @@ def mask(study_id: int, index: int):
     if problem:
         return problem
     try:
-        return Response(mask_png(folder, index), mimetype="image/png")
+        data = mask_png(folder, index)
+        record_request("view_mask", study_id=study_id, detail=f"slice {index}")
+        return Response(data, mimetype="image/png")
     except IndexError:
         return _error(404, f"no slice {index} (the study has {study.n_slices})")
 
@@ -153,6 +202,7 @@ def mask_volume(study_id: int):
     geometry = study_geometry(folder)
     spacing = geometry["pixel_spacing_mm"]
     data = masks_nifti(folder, tuple(spacing) if spacing else None, geometry["slice_mm"])
+    record_request("export", study_id=study_id, detail="masks.nii.gz")
     return Response(data, mimetype="application/gzip",
                     headers={"Content-Disposition": f"attachment; filename=study-{study_id}-masks.nii.gz"})
 
@@ -172,7 +222,9 @@ def feedback(study_id: int):
         row = Feedback(study_id=study_id, user_id=g.api_user_id, agrees=body["agrees"], note=note)
         session.add(row)
         session.flush()
-        return jsonify(id=row.id, study_id=study_id, agrees=row.agrees, note=row.note), 201
+        answer = {"id": row.id, "study_id": study_id, "agrees": row.agrees, "note": row.note}
+    record_request("feedback", study_id=study_id, detail="agree" if answer["agrees"] else "disagree")
+    return jsonify(answer), 201
 
 
 @bp.get("/feedback")
@@ -180,8 +232,10 @@ def feedback(study_id: int):
 def list_feedback():
     with _ctx()["sessions"]() as session:
         rows = session.scalars(select(Feedback).order_by(Feedback.created_at)).all()
-        return jsonify(feedback=[{"id": f.id, "study_id": f.study_id, "reader": f.user.username, "agrees": f.agrees,
-                                  "note": f.note, "created_at": f.created_at.isoformat() + "Z"} for f in rows])
+        listed = [{"id": f.id, "study_id": f.study_id, "reader": f.user.username, "agrees": f.agrees,
+                   "note": f.note, "created_at": f.created_at.isoformat() + "Z"} for f in rows]
+    record_request("export", detail=f"feedback, {len(listed)} rows")
+    return jsonify(feedback=listed)
 
 
 @bp.errorhandler(404)

@@ -1,5 +1,5 @@
-"""``strokescan serve`` (the web app under waitress) and ``strokescan web`` (accounts and tokens): argument
-parsing and start-up. The web stack is imported when these commands run, never by ``predict``."""
+"""``strokescan serve`` (the web app under waitress) and ``strokescan web`` (accounts, tokens, the audit trail,
+retention): argument parsing and start-up. The web stack is imported when these commands run, never by ``predict``."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def ensure_admin(app) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from waitress import serve
-
     from strokescan.app.web.server import WebSettings, create_app
+    from strokescan.app.web.serving import make_server
 
+    os.umask(0o077)  # everything the server writes (database, uploads, PNGs) is for its own user only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(WebSettings())
     password = ensure_admin(app)
@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"{added} sample studies queued: their results appear in the worklist within a minute", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, not only this machine: put it behind HTTPS", file=sys.stderr)
-    serve(app, host=args.host, port=args.port, threads=args.threads, ident="strokescan")
+    make_server(app, args.host, args.port, args.threads).run()
     return 0
 
 
@@ -95,48 +95,117 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
+def _cli_audit(app, action: str, username: str | None, detail: str, user_id: int | None = None) -> None:
+    from strokescan.app.web.audit import record
+
+    record(app.extensions["strokescan"]["sessions"], action, user_id=user_id, username=username, via="cli",
+           detail=f"{detail} (by {getpass.getuser()})"[:200])
+
+
 def _add_user(args: argparse.Namespace) -> int:
     from strokescan.app.web.accounts import create_user
 
     app = _settings_app()
+    is_admin = args.admin or args.role == "admin"
     with app.extensions["strokescan"]["sessions"].begin() as session:
-        create_user(session, args.username, _password(args), is_admin=args.admin)
-    print(f"user {args.username} created")
+        user = create_user(session, args.username, _password(args), is_admin=is_admin)
+        user_id = user.id
+    _cli_audit(app, "user_created", args.username, f"created {args.username} ({'admin' if is_admin else 'reader'})",
+               user_id)
+    print(f"user {args.username} created ({'admin' if is_admin else 'reader'})")
     return 0
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-    from werkzeug.security import generate_password_hash
-
-    from strokescan.app.web.accounts import MIN_PASSWORD_LENGTH, AccountError
-    from strokescan.app.web.db import User
+    from strokescan.app.web.accounts import find_user, set_password
 
     app = _settings_app()
     password = _password(args)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     with app.extensions["strokescan"]["sessions"].begin() as session:
-        user = session.scalar(select(User).where(User.username == args.username))
-        if user is None:
-            raise AccountError(f"no user {args.username!r}")
-        user.password_hash = generate_password_hash(password)
-    print(f"password of {args.username} changed")
+        user = find_user(session, args.username)
+        ended, tokens = set_password(session, user, password)
+        user_id = user.id
+    _cli_audit(app, "password_changed", args.username, f"{ended} sessions ended, {tokens} tokens revoked", user_id)
+    print(f"password of {args.username} changed: {ended} sessions ended, {tokens} API tokens revoked")
     return 0
 
 
 def _token(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
+    from strokescan.app.web.accounts import find_user, issue_token
 
-    from strokescan.app.web.accounts import AccountError, issue_token
-    from strokescan.app.web.db import User
+    app = _settings_app()
+    days = app.extensions["strokescan"]["settings"].policy.token_days if args.days is None else args.days
+    with app.extensions["strokescan"]["sessions"].begin() as session:
+        user = find_user(session, args.username)
+        token, user_id = issue_token(session, user, args.name, days), user.id
+    _cli_audit(app, "token_issued", args.username, f"token {args.name!r}, "
+               + (f"expires in {days} days" if days else "no expiry"), user_id)
+    print(token)
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from strokescan.app.web.accounts import find_user, list_tokens
+    from strokescan.app.web.db import utcnow
+
+    app = _settings_app()
+    now = utcnow()
+    with app.extensions["strokescan"]["sessions"]() as session:
+        user_id = find_user(session, args.username).id if args.username else None
+        print("id\tuser\tname\tcreated\texpires\tlast_used\tstate")
+        for t in list_tokens(session, user_id):
+            when = [d.isoformat(timespec="seconds") + "Z" if d else "-" for d in (t.created_at, t.expires_at, t.last_used_at)]
+            print("\t".join([str(t.id), t.user.username, t.name, *when, t.state(now)]))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from strokescan.app.web.accounts import find_user, revoke_tokens
 
     app = _settings_app()
     with app.extensions["strokescan"]["sessions"].begin() as session:
-        user = session.scalar(select(User).where(User.username == args.username))
-        if user is None:
-            raise AccountError(f"no user {args.username!r}")
-        print(issue_token(session, user, args.name))
+        user = find_user(session, args.username)
+        n, user_id = revoke_tokens(session, user.id, args.token), user.id
+    what = f"token {args.token}" if args.token is not None else "every token"
+    _cli_audit(app, "token_revoked", args.username, f"{what} of {args.username}: {n} revoked", user_id)
+    print(f"{n} token(s) of {args.username} revoked")
+    return 0 if n or args.token is None else 1
+
+
+def _since(text: str):
+    """A start time: ISO date or date-time (UTC), or a span back from now: 30m, 12h, 7d."""
+    from datetime import datetime, timedelta
+
+    from strokescan.app.web.db import utcnow
+
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return utcnow() - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        parsed = datetime.fromisoformat(text.removesuffix("Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (2026-03-01, 2026-03-01T08:00, 12h, 7d)") from None
+    return parsed.replace(tzinfo=None)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from strokescan.app.web.audit import format_event, query_events
+
+    app = _settings_app()
+    with app.extensions["strokescan"]["sessions"]() as session:
+        print("time\tuser\taction\tstudy\tvia\taddress\tdetail")
+        for event in query_events(session, args.user, args.study, args.since, args.action):
+            print(format_event(event))
+    return 0
+
+
+def _purge(_args: argparse.Namespace) -> int:
+    from strokescan.app.web.server import purge_expired, retention_days
+
+    app = _settings_app()
+    n = purge_expired(app)
+    print(f"{n} studies older than {retention_days(app)} days deleted" if retention_days(app)
+          else "retention is 0: studies are kept until an admin deletes them")
     return 0
 
 
@@ -155,18 +224,37 @@ def add_web_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-samples", action="store_true", help="do not queue the sample scans on an empty worklist")
     p.set_defaults(func=_serve)
 
-    web = sub.add_parser("web", help="web app accounts: add users, change passwords, make API tokens")
+    web = sub.add_parser("web", help="web app accounts, API tokens, the audit trail, retention")
     which = web.add_subparsers(dest="web_command", metavar="ACTION", required=True)
     p = which.add_parser("add-user", help="make a user (asks for the password)")
     p.add_argument("username")
-    p.add_argument("--admin", action="store_true")
+    p.add_argument("--admin", action="store_true", help="same as --role admin")
+    p.add_argument("--role", choices=["admin", "reader"], default="reader",
+                   help="admin: users, deletion, settings; reader (default): worklist, viewer, upload, feedback")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=_add_user)
-    p = which.add_parser("passwd", help="change a user's password")
+    p = which.add_parser("passwd", help="change a user's password (ends their sessions, revokes their tokens)")
     p.add_argument("username")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=_passwd)
     p = which.add_parser("token", help="print a new REST API token for a user (shown once)")
     p.add_argument("username")
     p.add_argument("--name", default="api", help="what the token is for")
+    p.add_argument("--days", type=int, default=None,
+                   help="valid this many days (default $STROKESCAN_TOKEN_DAYS, 90; 0: no expiry)")
     p.set_defaults(func=_token)
+    p = which.add_parser("tokens", help="list API tokens (id, user, name, created, expires, last used, state)")
+    p.add_argument("username", nargs="?", help="only this user's")
+    p.set_defaults(func=_tokens)
+    p = which.add_parser("revoke", help="revoke every API token of a user, or one with --token ID")
+    p.add_argument("username")
+    p.add_argument("--token", type=int, default=None, metavar="ID", help="only this token (ids: 'strokescan web tokens')")
+    p.set_defaults(func=_revoke)
+    p = which.add_parser("audit", help="print the audit trail (tab-separated, UTC), oldest first")
+    p.add_argument("--user", help="only this user's events")
+    p.add_argument("--study", type=int, help="only this study's events")
+    p.add_argument("--since", type=_since, help="from this time: 2026-03-01, 2026-03-01T08:00 (UTC), or 12h, 7d back")
+    p.add_argument("--action", help="only this action (view_study, login_failed, ...)")
+    p.set_defaults(func=_audit)
+    p = which.add_parser("purge", help="delete finished studies past the retention setting now (the worker does it hourly)")
+    p.set_defaults(func=_purge)

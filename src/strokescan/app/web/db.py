@@ -1,10 +1,13 @@
-"""The web app's database: users, API tokens, studies (each one upload and its analysis job), reader
-feedback and the DICOM instances ``strokescan listen`` received, as SQLAlchemy 2 models. The schema is made and
+"""The web app's database: users, their login sessions and API tokens, studies (each one upload and its analysis
+job), reader feedback, the audit trail, settings and the DICOM instances ``strokescan listen`` received, as
+SQLAlchemy 2 models. The schema is made and
 upgraded by Alembic (``migrations/``), never by ``create_all``, so that an operator's database follows every
 release.
 
-No column holds a patient identifier: a study has a neutral label and the result document, which never carries
-identifiers (see :mod:`strokescan.inference.results`); a received instance is named by hashes of its UIDs.
+No column holds a patient identifier unless the operator opted in (``show_identifiers``: then
+``studies.identifiers_json`` holds the patient name and ID, accession number, study date and description): a study
+has a neutral label, stored files have neutral names, and the result document never carries identifiers (see
+:mod:`strokescan.inference.results`); a received instance is named by hashes of its UIDs.
 """
 
 from __future__ import annotations
@@ -58,16 +61,41 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)  # role admin; else reader
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # wrong passwords since the last login or lockout
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
-    # Flask-Login's user protocol
+    # Flask-Login's user protocol; the id Flask-Login keeps in the cookie is the server-side session's secret
     is_active = True
     is_authenticated = True
     is_anonymous = False
+    session_secret = None  # set per request (not a column)
+
+    @property
+    def role(self) -> str:
+        return "admin" if self.is_admin else "reader"
 
     def get_id(self) -> str:
-        return str(self.id)
+        if not self.session_secret:
+            raise RuntimeError("a user is logged in through a server-side session only")
+        return self.session_secret
+
+
+class UserSession(Base):
+    """A login: the cookie holds a random secret, the database only its sha256. Logging out, a password change,
+    the idle and the absolute limit end it on the server, so a copied cookie stops working."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)  # logout, password, idle, expired
 
 
 class ApiToken(Base):
@@ -80,7 +108,16 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(80))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: never
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     user: Mapped[User] = relationship()
+
+    def state(self, now: datetime) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and self.expires_at <= now else "active"
 
 
 class Study(Base):
@@ -108,7 +145,13 @@ class Study(Base):
     clot_ml: Mapped[float | None] = mapped_column(Float, nullable=True)
     subtypes_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ScanResult.to_dict()
-    feedback: Mapped[list[Feedback]] = relationship(back_populates="study", order_by="Feedback.created_at")
+    identifiers_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # only with show_identifiers
+    feedback: Mapped[list[Feedback]] = relationship(back_populates="study", order_by="Feedback.created_at",
+                                                    cascade="all, delete-orphan")
+
+    @property
+    def identifiers(self) -> dict[str, str]:
+        return json.loads(self.identifiers_json) if self.identifiers_json else {}
 
     @property
     def subtypes(self) -> dict[str, float]:
@@ -132,6 +175,34 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     study: Mapped[Study] = relationship(back_populates="feedback")
     user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """One line of the audit trail: who did what, when, to which study. The app only ever inserts rows; the
+    database refuses UPDATE and DELETE on this table (triggers made by migration 0003). ``study_id`` is no foreign
+    key, so a deleted study's trail stays. ``detail`` never holds a file name or a patient identifier."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    username: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    via: Mapped[str] = mapped_column(String(8))  # web, api, cli, worker
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class Setting(Base):
+    """A setting an admin changes in the app (``retention_days``), as text."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class InstanceStatus(str, enum.Enum):
@@ -185,9 +256,15 @@ def make_engine(url: str) -> Engine:
 
 
 def upgrade_database(url: str) -> None:
-    """Create or upgrade the schema to the newest migration."""
+    """Create or upgrade the schema to the newest migration; a SQLite file (and its WAL) readable by its owner
+    only (0600)."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists():
+                file.chmod(0o600)
     command.upgrade(alembic_config(url), "head")
 
 

@@ -32,6 +32,12 @@ OPENAPI: dict = {
                 "operating_point": {"type": ["string", "null"], "enum": ["balanced", "sensitive", None]},
                 "subtypes": {"type": "object", "additionalProperties": {"type": "number"}},
                 "clot_ml": {"type": ["number", "null"], "description": "planimetric hemorrhage volume, mL"},
+                "started_at": {"type": ["string", "null"], "format": "date-time"},
+                "identifiers": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "patient_name, patient_id, accession_number, study_date, "
+                                               "study_description: only when the operator shows identifiers"},
+                "ignored": {"type": "array", "items": {"type": "string"},
+                            "description": "on upload: files of no known kind left out of a DICOM upload"},
                 "links": {"type": "object", "additionalProperties": {"type": "string"}}}},
             "Result": {"type": "object", "description": "the result document, schema_version 1.x (docs/results.md)"},
             "Feedback": {"type": "object", "required": ["agrees"], "properties": {
@@ -50,13 +56,20 @@ OPENAPI: dict = {
                                    "400": _ERROR, "401": _ERROR, "413": _ERROR, "415": _ERROR}},
             "get": {"summary": "Studies in worklist order (flagged first, then arrival)",
                     "parameters": [{"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "done", "failed"]}},
-                                   {"name": "flagged", "in": "query", "schema": {"enum": ["1"]}}],
-                    "responses": {"200": {"description": "the studies"}, "400": _ERROR, "401": _ERROR}},
+                                   {"name": "flagged", "in": "query", "schema": {"enum": ["1"]}},
+                                   {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                                   {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+                    "responses": {"200": {"description": "a page of studies (studies, total, offset, limit)"},
+                                  "400": _ERROR, "401": _ERROR}},
         },
         "/studies/{study_id}": {"get": {"summary": "A study's status and headline findings", "parameters": [_STUDY_ID],
                                         "responses": {"200": {"description": "the study", "content": {"application/json": {
                                             "schema": {"$ref": "#/components/schemas/Study"}}}},
-                                            "401": _ERROR, "404": _ERROR}}},
+                                            "401": _ERROR, "404": _ERROR}},
+                                "delete": {"summary": "Delete a study, its files and feedback (admins only; the audit "
+                                                      "trail keeps its events)", "parameters": [_STUDY_ID],
+                                           "responses": {"204": {"description": "deleted"}, "401": _ERROR,
+                                                         "403": _ERROR, "404": _ERROR, "409": _ERROR}}},
         "/studies/{study_id}/result": {"get": {"summary": "The result document", "parameters": [_STUDY_ID],
                                                "responses": {"200": {"description": "result", "content": {"application/json": {
                                                    "schema": {"$ref": "#/components/schemas/Result"}}}},

@@ -3,11 +3,17 @@
 Nothing the client says is trusted: file names are sanitised and traversal refused, archives are checked
 before and while unpacking (zip bombs, symlinks, traversal), and every stored file is recognised by its
 content. A refusal raises :class:`UploadRejected` with the HTTP status to answer and leaves nothing behind.
+
+Stored files get neutral names (``0001.dcm``...: a client's file name can carry a patient's name) unless the
+operator keeps identifiers; files and folders are readable by the server's user only (0600/0700). In an upload
+of DICOM files, files of no known kind (a README, a viewer program) are left out and listed in
+:attr:`StoredUpload.ignored`; alone, or beside images or NIfTI, they are refused.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import stat
@@ -68,23 +74,28 @@ class StoredUpload:
     n_files: int
     n_bytes: int  # bytes of the accepted files as stored (archives unpacked)
     kind: str  # "dicom" | "nifti" | "image"
+    ignored: list[str] = field(default_factory=list)  # the client's names of files left out (no known kind)
 
 
 def store_upload(
-    parts: Iterable[tuple[str, BinaryIO]], dest: Path, limits: UploadLimits = UploadLimits()
+    parts: Iterable[tuple[str, BinaryIO]], dest: Path, limits: UploadLimits = UploadLimits(), keep_names: bool = False
 ) -> StoredUpload:
     """Store ``parts`` (client file name, readable binary stream) in a new folder under ``dest``.
 
     ``.zip`` parts (recognised by content) are unpacked in place; hidden files, macOS junk and DICOMDIR are
-    skipped. Raises :class:`UploadRejected` and removes the partial folder when anything is refused.
+    skipped. Files are stored as ``0001.dcm``, ``0002.dcm``... unless ``keep_names``. Raises
+    :class:`UploadRejected` and removes the partial folder when anything is refused.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=dest))
     try:
-        upload = _Upload(root, limits)
+        upload = _Upload(root, limits, keep_names)
         for name, stream in parts:
             upload.add_part(name, stream)
-        return upload.result()
+        stored = upload.result()
+        private_tree(root)
+        return stored
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -96,11 +107,26 @@ class _Upload:
 
     root: Path
     limits: UploadLimits
+    keep_names: bool = False
     received: int = 0
     unpacked: int = 0
     n_bytes: int = 0
     kind: str | None = None
     files: list[Path] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)  # sanitised client names, to refuse two files of one name
+    unknown: list[tuple[Path, str, str]] = field(default_factory=list)  # (stored, client name, refusal) of no kind
+    counter: int = 0
+
+    def _target(self, base: Path, parts: list[str], shown: str) -> Path:
+        """Create the empty file a part or member is stored in: its sanitised name, or the next neutral name."""
+        key = "/".join(parts)
+        if key in self.names:
+            raise UploadRejected(f"{shown}: another file of the upload has this name")
+        self.names.add(key)
+        if self.keep_names:
+            return _create(base, parts, shown)
+        self.counter += 1
+        return _create(self.root, [f"{self.counter:04d}{_suffix(parts[-1])}"], shown)
 
     def add_part(self, name: str, stream: BinaryIO) -> None:
         """Stream one part to its sanitised path; unpack it when it is a zip archive."""
@@ -109,7 +135,7 @@ class _Upload:
             return
         shown = "/".join(parts)
         self._count_files(1, shown)
-        target = _create(self.root, parts, shown)
+        target = self._target(self.root, parts, shown)
         with target.open("wb") as out:
             n = _copy(stream, out, self.limits.max_total_bytes - self.received)
         if n is None:
@@ -129,11 +155,18 @@ class _Upload:
         target.unlink()
 
     def result(self) -> StoredUpload:
-        """The accepted upload; refuses one that holds no files."""
+        """The accepted upload; refuses one that holds no files, and files of no known kind unless the upload
+        holds DICOM files (then they are removed and listed as ignored)."""
+        if self.unknown and self.kind != "dicom":
+            _path, _shown_name, refusal = self.unknown[0]
+            raise UploadRejected(refusal, 415)
         if self.kind is None:
             raise UploadRejected("the upload holds no files")
+        for path, _shown_name, _refusal in self.unknown:
+            path.unlink(missing_ok=True)
         analyse = self.files[0] if len(self.files) == 1 else self.root
-        return StoredUpload(self.root, analyse, len(self.files), self.n_bytes, self.kind)
+        return StoredUpload(self.root, analyse, len(self.files), self.n_bytes, self.kind,
+                            [name for _path, name, _refusal in self.unknown])
 
     def _count_files(self, n: int, shown: str) -> None:
         if len(self.files) + n > self.limits.max_files:
@@ -168,7 +201,7 @@ class _Upload:
                 raise UploadRejected(f"{shown}: compressed over {ratio:g} times (a zip bomb?)", 413)
             for info, parts in members:
                 member_shown = f"{shown}!{'/'.join(parts)}"
-                target = _create(archive.parent, parts, member_shown)
+                target = self._target(archive.parent, parts, member_shown)
                 with zf.open(info) as src, target.open("wb") as out:
                     n = _copy(src, out, self.limits.max_unpacked_bytes - self.unpacked)
                 if n is None:
@@ -187,13 +220,33 @@ class _Upload:
         if expected is not None and kind != expected:
             raise UploadRejected(f"{shown}: not a {_LABELS[expected]} file (content does not match its name)", 415)
         if kind is None:
-            raise UploadRejected(f"{shown}: not a DICOM, PNG, JPEG or NIfTI (.nii/.nii.gz) file", 415)
+            self.unknown.append((path, shown, f"{shown}: not a DICOM, PNG, JPEG or NIfTI (.nii/.nii.gz) file"))
+            return
         group = _GROUPS[kind]
         if self.kind is not None and group != self.kind:
             raise UploadRejected(f"{shown}: a {group} file in an upload of {self.kind} files (send one kind at a time)")
         self.kind = group
         self.files.append(path)
         self.n_bytes += n
+
+
+def _suffix(name: str) -> str:
+    """The suffix a neutral stored name keeps: only those the readers and checks go by."""
+    lower = name.lower()
+    if lower.endswith(".nii.gz"):
+        return ".nii.gz"
+    suffix = Path(lower).suffix
+    return suffix if suffix in _EXPECTED or suffix == ".zip" else ""
+
+
+def private_tree(root: Path) -> None:
+    """Folders 0700 and files 0600 under ``root`` (patient data: for the server's user only)."""
+    root.chmod(0o700)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o700)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o600)
 
 
 def _shown(name: str) -> str:
