@@ -126,7 +126,8 @@ def test_the_scripts_the_pages_name_exist_and_no_page_names_a_moved_script_by_it
     moved = {p.name for p in (ROOT / "studies").glob("*.py")}
     problems = []
     for page in PAGES:
-        for folder, name in re.findall(r"\b(scripts|studies|benchmarks)/([a-z0-9_][\w.-]*\.(?:py|sh))\b", page.read_text()):
+        named = re.findall(r"\b(scripts|studies|benchmarks)/([a-z0-9_][\w.-]*\.(?:py|sh))\b", page.read_text())
+        for folder, name in named:
             if not (ROOT / folder / name).is_file():
                 problems.append(f"{page.relative_to(ROOT)}: {folder}/{name}")
     records = [*(ROOT / "reports").rglob("*.md"), *(ROOT / "reports").rglob("*.json"), *(ROOT / "tests").glob("*.py"),
@@ -207,3 +208,13 @@ def test_the_installed_command_answers_help():
         pytest.skip("no strokescan console script beside this Python (not installed in this environment)")
     done = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "serve" in done.stdout
+
+
+def test_the_readme_library_example_imports():
+    """The names the README's Python example imports exist (running it needs a scan of your own)."""
+    imports = [line for lang, body in FENCE.findall(README.read_text()) if lang == "python"
+               for line in body.splitlines() if re.match(r"(from \S+ )?import ", line)]
+    assert imports
+    done = subprocess.run([sys.executable, "-c", "\n".join(imports)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
