@@ -15,7 +15,7 @@ from strokescan.core.geometry import circular_error_deg, rotate_image
 from strokescan.errors import ModelError
 from strokescan.io import Scan, load_scan
 from strokescan.models.orientation import BUNDLED_DIR, WEIGHTS_FILE, OrientationNet, load_orientation_net
-from strokescan.models.rotation import RotationEstimator
+from strokescan.models.rotation import RotationEstimator, header_angle, turn_rule
 
 # Held-out fold-0 patients (100, 101), mid-level slices.
 HELD_OUT = ["ctich-kaggle/Brain_Data_Organised/Normal/100 (18).jpg",
@@ -84,7 +84,7 @@ def test_phe_sich_face_left_and_its_correction(estimator: RotationEstimator) -> 
     upright = rotate_image(scan.pixels[0], -est)
     assert upright.shape == scan.pixels[0].shape
     assert _err(estimator.estimate(upright, scan.is_hu), 0.0) <= 10.0
-    assert estimator.slice_angles(scan) == [est]
+    assert estimator.slice_angles(scan) == [90.0]  # a confident quarter turn is removed as a quarter turn
     assert estimator.slice_angles(scan, correct_rotation=False) == [0.0]
 
 
@@ -93,10 +93,11 @@ def test_scan_rotation_on_dicom_volume_and_single_jpeg(estimator: RotationEstima
     assert vol.is_hu and vol.pixels.shape[0] > 1
     est = estimator.estimate_scan(vol)
     assert est is not None and _err(est, 0.0) <= 15.0
-    assert estimator.slice_angles(vol) == [est] * vol.n_slices  # one angle for the whole volume
+    assert estimator.slice_angles(vol) == [0.0] * vol.n_slices  # an axial DICOM series: the header's angle
     turned = dataclasses.replace(vol, pixels=np.stack([rotate_image(s, 90.0) for s in vol.pixels]))
     est90 = estimator.estimate_scan(turned)
     assert est90 is not None and _err(est90, 90.0) <= 15.0
+    assert estimator.slice_angles(dataclasses.replace(turned, source_format="nifti")) == [90.0] * vol.n_slices
     jpg = estimator.estimate_scan(load_scan(_path(HELD_OUT[0])))
     assert jpg is not None and _err(jpg, 0.0) <= 12.0
 
@@ -106,3 +107,23 @@ def test_blank_slice_gives_no_scan_estimate(estimator: RotationEstimator) -> Non
                  source_path=data_root())
     assert estimator.estimate_scan(blank) is None
     assert estimator.slice_angles(blank) == [0.0]
+
+
+@pytest.mark.parametrize(("angle", "confidence", "turn"), [
+    (0.0, 1.0, 0.0), (12.0, 1.0, 0.0), (348.0, 1.0, 0.0),  # a head tilt is never corrected
+    (73.0, 1.0, 0.0), (286.7, 1.0, 0.0),  # between quarters: an error of the estimate, not a turn
+    (95.0, 1.0, 90.0), (181.0, 0.95, 180.0), (262.0, 0.99, 270.0),
+    (90.0, 0.9, 0.0),  # not confident
+])
+def test_turn_rule(angle: float, confidence: float, turn: float) -> None:
+    assert turn_rule(angle, confidence) == turn
+
+
+def test_upright_by_the_header() -> None:
+    """The real CQ500 slice whose pixels the network read as turned by 73 degrees: upright by its header."""
+    scan = load_scan(_path("head-ct-dicom/cq500-ct-1_single-slice"))
+    assert scan.orientation == "axial"
+    assert header_angle(scan) == 0.0
+    turned = [dataclasses.replace(r, image_orientation_patient=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0)) for r in scan.references]
+    assert header_angle(dataclasses.replace(scan, references=turned)) == 90.0  # rows run to the patient's back
+    assert header_angle(dataclasses.replace(scan, source_format="image")) is None

@@ -25,7 +25,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     from strokescan.training.workflow import train_detection
 
     torch.set_num_threads(args.threads)
-    cfg = DetectorConfig(max_epochs=args.max_epochs, seed=args.seed)
+    cfg = DetectorConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
     run_dir = Path(args.run_dir or f"runs/detector_{args.protocol}")
     out = Path(args.out) if args.out else run_dir / "model"
     train_detection(args.protocol, run_dir, out, cfg)
@@ -130,11 +130,15 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         "protocol's sources and writes it with its plan (calibration per output, scan score rule, the 'balanced' "
         "and 'sensitive' operating points, all from out-of-fold predictions). Protocol 'ctich' trains on "
         "ctich-kaggle only (phe-sich stays external); 'all' adds phe-sich and the bhsd-mini positives.")
-    p.add_argument("--protocol", choices=("ctich", "all"), default="all", help="which sources train (default: all)")
+    p.add_argument("--protocol", choices=("all", "ctich", "no-phe-sich", "no-ctich"), default="all",
+                   help="which sources train (default: all); the others are tested as hospitals never seen "
+                        "(leave-one-source-out: ctich and no-phe-sich leave phe-sich out, no-ctich leaves ctich-kaggle out)")
     p.add_argument("--run-dir", default=None, help="folder for per-fold results (resumable; default "
                    "runs/detector_PROTOCOL)")
     p.add_argument("--out", default=None, help="folder to write the final model to (default RUN_DIR/model)")
     p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=3, help="epochs without a better validation ROC-AUC before a "
+                   "fold stops (default 3)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the cores)")
     p.set_defaults(func=_train_classifier)

@@ -201,10 +201,66 @@ class RotationEstimator:
         return round(circular_median_deg(np.array(refined)), 1) % 360.0
 
     def slice_angles(self, scan: Scan, correct_rotation: bool = True) -> list[float]:
-        """The angle to remove from each slice before analysis: 0 everywhere when the plan does not correct
-        rotation; one estimate for the whole volume (0 when none can be made); per slice for a 2-D image."""
+        """The angle to remove from each slice before analysis (:func:`turn_rule`, docs/rotation.md): 0 everywhere
+        when the plan (or the operator) does not correct rotation; for a DICOM axial series the in-plane angle its
+        ImageOrientationPatient states (the header, not the pixels); otherwise the network's estimate, per volume
+        or per 2-D image, applied only when it confidently reads a quarter turn."""
         if not correct_rotation:
             return [0.0] * scan.n_slices
+        header = header_angle(scan)
+        if header is not None:
+            return [header] * scan.n_slices
         if scan.is_volume:
-            return [self.estimate_scan(scan) or 0.0] * scan.n_slices
-        return [self.estimate(scan.pixels[i], scan.is_hu) for i in range(scan.n_slices)]
+            return [self.confident_turn_scan(scan)] * scan.n_slices
+        return [self.confident_turn(scan.pixels[i], scan.is_hu) for i in range(scan.n_slices)]
+
+    def confident_turn(self, image: np.ndarray, is_hu: bool) -> float:
+        """:func:`turn_rule` of the network's reading of one 2-D slice: 0, 90, 180 or 270."""
+        angles, confidence, frac = _net_estimates(self.model, [image], is_hu)
+        return turn_rule(float(angles[0]), float(confidence[0])) if frac[0] > 0 else 0.0
+
+    def confident_turn_scan(self, scan: Scan) -> float:
+        """:func:`turn_rule` of the circular median of the network's readings of up to 12 slices showing a head."""
+        n = scan.pixels.shape[0]
+        picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
+        angles, confidence, frac = _net_estimates(self.model, [scan.pixels[i] for i in picks], scan.is_hu)
+        ok = frac >= MIN_HEAD_FRACTION
+        if not ok.any():
+            return 0.0
+        return turn_rule(circular_median_deg(angles[ok]), float(np.median(confidence[ok])))
+
+
+#: the network's reading is applied only when it is at least this sure (resultant length of its test-time readings)
+MIN_TURN_CONFIDENCE = 0.95
+#: ... and lies this close to a quarter turn; a head tilt is never corrected (the training slices were not either)
+MAX_TURN_OFFSET_DEG = 15.0
+
+
+def turn_rule(angle: float, confidence: float) -> float:
+    """The turn to remove for a network reading ``angle`` (degrees counter-clockwise) of ``confidence``: the nearest
+    multiple of 90 degrees when the reading is confident and within :data:`MAX_TURN_OFFSET_DEG` of it, else 0.
+
+    Exports of unknown orientation are upright or turned by a quarter (phe-sich's are turned by 90); a reading in
+    between (the 73-degree turn of an upright CQ500 slice) is an error of the estimate, not a turn of the image.
+    """
+    quarter = round(angle / 90.0) % 4 * 90.0
+    offset = abs((angle - quarter + 180.0) % 360.0 - 180.0)
+    if confidence < MIN_TURN_CONFIDENCE or offset > MAX_TURN_OFFSET_DEG:
+        return 0.0
+    return float(quarter)
+
+
+def header_angle(scan: Scan) -> float | None:
+    """In-plane angle (degrees counter-clockwise, [0, 360)) of an axial DICOM series from its ImageOrientationPatient:
+    the row direction's angle from the patient's x axis (0 for the usual 1\\0\\0\\0\\1\\0; a gantry tilt turns the
+    column direction out of the plane, not the image within it). None when the scan is not an axial DICOM series
+    with that tag."""
+    if scan.source_format != "dicom" or scan.orientation != "axial" or not scan.references:
+        return None
+    iop = scan.references[0].image_orientation_patient
+    if iop is None:
+        return None
+    row = np.asarray(iop[:3], float)
+    if np.hypot(row[0], row[1]) < 0.5:
+        return None
+    return round(float(np.degrees(np.arctan2(row[1], row[0]))) % 360.0, 1) % 360.0

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import ConvexHull
 from skimage.morphology import disk
 
-from strokescan.config import BONE_THRESHOLD_8BIT, BONE_THRESHOLD_HU
+from strokescan.config import BONE_THRESHOLD_8BIT, BONE_THRESHOLD_HU, SKULL_RING_FRACTION
 
 # Room around the head's bounding box for the brain steps: closing (disk(3)) grows the skull by 3 px and
 # fill-holes needs one more ring of background around that, so anything >= 4 gives the uncropped result.
@@ -133,8 +133,31 @@ def _brain(head: np.ndarray, skull: np.ndarray) -> np.ndarray:
     return brain
 
 
-def head_masks(pixels: np.ndarray, is_hu: bool) -> HeadMasks:
-    """Masks of one 2-D slice given in HU (``is_hu``) or in 8-bit display values."""
+def _outer_ring_only(skull: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The bright components of ``skull`` that reach the outer ring of ``head`` (within
+    :data:`~strokescan.config.SKULL_RING_FRACTION` of the head's equivalent radius from its edge): the skull and
+    the bones of the face. A bright component wholly inside the ring (a saturated clot or calcification on a narrow
+    window) is not bone."""
+    if not skull.any():
+        return skull
+    radius = np.sqrt(head.sum() / np.pi)
+    depth = cv2.distanceTransform(_u8(head), cv2.DIST_L2, 3)  # distance to the nearest pixel outside the head
+    n, labels = cv2.connectedComponents(_u8(skull), connectivity=8)
+    if n <= 1:
+        return skull
+    nearest = np.full(n, np.inf, np.float32)
+    np.minimum.at(nearest, labels[skull], depth[skull])
+    keep = nearest <= SKULL_RING_FRACTION * radius
+    keep[0] = False
+    return keep[labels]
+
+
+def head_masks(pixels: np.ndarray, is_hu: bool, skull_by_shape: bool = False) -> HeadMasks:
+    """Masks of one 2-D slice given in HU (``is_hu``) or in 8-bit display values.
+
+    With ``skull_by_shape`` (8-bit input) only the bright components that reach the head's outer ring are skull
+    (:func:`_outer_ring_only`), so a clot saturated by a narrow window stays inside the brain mask; without it,
+    every pixel at or above :data:`~strokescan.config.BONE_THRESHOLD_8BIT` is bone (what the older models saw)."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
         raise ValueError(f"head_masks needs a 2-D slice, got shape {pixels.shape}")
@@ -149,6 +172,8 @@ def head_masks(pixels: np.ndarray, is_hu: bool) -> HeadMasks:
         return HeadMasks(head=head, skull=skull, brain=brain)
     head = _fill_holes(_largest_component(_opening(head, 2)))
     skull &= head
+    if skull_by_shape and not is_hu:
+        skull = _outer_ring_only(skull, head)
     rows = np.flatnonzero(head.any(axis=1))
     if rows.size:
         cols = np.flatnonzero(head.any(axis=0))

@@ -28,6 +28,9 @@ class SlicePlan:
     correct_rotation: bool = True  # at inference the Predictor estimates and removes the rotation; training data is upright
     blood_low: float = 0.55  # display value range stretched in channel 3 (about 45..90 HU on a 40/120 window)
     blood_high: float = 0.95
+    # skull found by its place (the outer ring), not by brightness alone: a clot saturated by a narrow 8-bit window
+    # stays brain and stays in the blood channel (False: every pixel >= BONE_THRESHOLD_8BIT is bone, as older models saw)
+    skull_by_shape: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,9 +88,12 @@ def _full_resolution(pixels: np.ndarray, is_hu: bool, plan: SlicePlan, rotation_
     angle = float(rotation_deg or 0.0)
     if angle:
         unit = rotate_image(unit, -angle)
-    masks = head_masks(unit * 255.0, is_hu=False)
+    masks = head_masks(unit * 255.0, is_hu=False, skull_by_shape=plan.skull_by_shape)
     brain_only = suppress_skull(unit, masks.brain)
-    not_bone = masks.brain & (unit < BONE_THRESHOLD_8BIT / 255.0)
+    if plan.skull_by_shape and not is_hu:
+        not_bone = masks.brain  # the window is unknown: a saturated pixel inside the skull may be blood
+    else:  # HU: saturated on 40/120 means above 100 HU, calcification or bone, never blood
+        not_bone = masks.brain & (unit < BONE_THRESHOLD_8BIT / 255.0)
     blood = np.where(not_bone, np.clip((unit - plan.blood_low) / (plan.blood_high - plan.blood_low), 0, 1), 0.0)
     r0, c0, r1, c1 = head_box(masks.head, plan.crop_margin)
     stack = np.stack([unit, brain_only, blood], axis=-1)[r0:r1, c0:c1]

