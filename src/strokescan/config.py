@@ -41,6 +41,16 @@ def cache_root() -> Path:
     return Path(env).expanduser().resolve() if env else _xdg("XDG_CACHE_HOME", ".cache")
 
 
+def rotation_enabled() -> bool:
+    """The rotation step (docs/rotation.md) runs unless the operator sets ``STROKESCAN_ROTATION=off``."""
+    return os.environ.get("STROKESCAN_ROTATION", "on").strip().lower() not in ("off", "0", "no", "false")
+
+
+def infarct_enabled() -> bool:
+    """The experimental, unvalidated infarct masks are shown only with ``STROKESCAN_EXPERIMENTAL_INFARCT=1``."""
+    return os.environ.get("STROKESCAN_EXPERIMENTAL_INFARCT") == "1"
+
+
 def torch_threads() -> int | None:
     """Intra-op threads for inference: ``$STROKESCAN_TORCH_THREADS`` (unset: torch's default, one per core)."""
     value = os.environ.get("STROKESCAN_TORCH_THREADS", "")
@@ -73,6 +83,9 @@ LIMITS = InputLimits(
 # Pixel value (8-bit windowed images) or HU above which a pixel counts as skull/bone.
 BONE_THRESHOLD_8BIT = 250
 BONE_THRESHOLD_HU = 300.0
+# With skull-by-shape masks (SlicePlan.skull_by_shape) a bright component is bone only when it comes this close to
+# the head's edge, as a fraction of the head's equivalent radius (scalp is 3-8 mm of a ~75 mm radius; a clot is deeper).
+SKULL_RING_FRACTION = 0.15
 
 # Side length of the square model input.
 MODEL_INPUT_SIZE = 224

@@ -77,10 +77,13 @@ class PredictorOptions:
     segmenter_dir: Path | None = None
     segment: bool = False
     operating_point: str | None = None
+    correct_rotation: bool | None = None  # None: the model plan's (and STROKESCAN_ROTATION)
+    experimental_infarct: bool | None = None  # None: STROKESCAN_EXPERIMENTAL_INFARCT
 
     def build(self) -> Predictor:
         return Predictor(self.classifier_dir, segmenter_dir=self.segmenter_dir, segment=self.segment,
-                         operating_point=self.operating_point)
+                         operating_point=self.operating_point, correct_rotation=self.correct_rotation,
+                         experimental_infarct=self.experimental_infarct)
 
 
 def find_targets(inputs: Sequence[str]) -> list[tuple[str, Path | StrokescanError]]:

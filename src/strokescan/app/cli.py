@@ -14,7 +14,7 @@ from strokescan import __version__
 from strokescan.app.batch import BatchItem, BatchRunner, PredictorOptions
 from strokescan.app.training_commands import add_training_commands
 from strokescan.app.web.commands import add_web_commands
-from strokescan.config import SAMPLES_DIR
+from strokescan.config import SAMPLES_DIR, rotation_enabled
 from strokescan.core.labels import SUBTYPE_ABBREVIATIONS
 from strokescan.errors import StrokescanError
 from strokescan.inference import Predictor, ScanResult
@@ -34,7 +34,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     scan = load_scan(args.path, series=args.series)
     summary = scan.summary(include_identifiers=args.show_identifiers)
     summary["out_of_scope"] = scope_problem(scan)
-    summary["rotation_estimate_deg"] = RotationEstimator().estimate_scan(scan)
+    estimator = RotationEstimator()
+    summary["rotation_estimate_deg"] = estimator.estimate_scan(scan)  # the network's reading, for people
+    summary["rotation_applied_deg"] = estimator.slice_angles(scan, rotation_enabled())[0]  # what analysis removes
     print(json.dumps(summary, indent=None if args.compact else 2))
     return 0
 
@@ -79,7 +81,9 @@ def _predict(args: argparse.Namespace, paths: Sequence[str]) -> int:
     or ``--scheduler`` (``predict`` only) the scans are analysed on a Dask cluster, printed in the same order."""
     options = PredictorOptions(args.model, segmenter_dir=args.segmenter,
                                segment=bool(args.masks_dir or args.overlays_dir or args.segmenter),
-                               operating_point=args.operating_point)
+                               operating_point=args.operating_point,
+                               correct_rotation=False if args.no_rotation else None,
+                               experimental_infarct=True if args.experimental_infarct else None)
     batch_options = {"masks_dir": args.masks_dir, "overlays_dir": args.overlays_dir, "series": args.series,
                      "force": args.force, "progress": args.json and sys.stderr.isatty(),
                      "heatmaps_dir": args.heatmaps_dir}
@@ -223,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="also analyse inputs the models were not made for (MR, "
                        "SEG/SR objects, other body parts, localizers, non-axial reformats); their results are "
                        'marked "out_of_scope" with the reason')
+        p.add_argument("--no-rotation", action="store_true", help="skip the rotation step: analyse every slice as it "
+                       "is stored (a DICOM axial series is brought upright by its header, a 2-D image only when the "
+                       "orientation network reads a quarter turn with confidence; docs/rotation.md). Also "
+                       "STROKESCAN_ROTATION=off, for every interface")
+        p.add_argument("--experimental-infarct", action="store_true", help="also output the infarct masks, which are "
+                       "NOT validated (Dice 0.19 on 13 slices; docs/segmentation.md); also "
+                       "STROKESCAN_EXPERIMENTAL_INFARCT=1")
 
     p = sub.add_parser(
         "predict",

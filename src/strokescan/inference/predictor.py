@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from strokescan import __version__
-from strokescan.config import BUNDLED_MODELS_DIR, torch_threads
+from strokescan.config import BUNDLED_MODELS_DIR, infarct_enabled, rotation_enabled, torch_threads
 from strokescan.core.calibration import PlattCalibrator
 from strokescan.errors import ModelError, OutOfScopeError
 from strokescan.inference.explanations import CHOSEN_LAYER, HeatMap, explain_slices
@@ -39,7 +39,8 @@ from strokescan.inference.results import ScanResult, SliceResult
 from strokescan.inference.segmenter import Segmenter
 from strokescan.io import Scan, load_scan
 from strokescan.io.scope import scope_problem
-from strokescan.models.classifier import OPERATING_POINTS, load_classifier, scan_score
+from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT
+from strokescan.models.classifier import OPERATING_POINTS, ClassifierPlan, load_classifier, scan_score
 from strokescan.models.rotation import RotationEstimator
 from strokescan.preprocessing.pipeline import PreparedSlice, prepare_slices
 
@@ -75,7 +76,8 @@ class Predictor:
 
     def __init__(self, classifier_dir: Path | None = None, segmenter_dir: Path | None = None, segment: bool = False,
                  orientation_dir: Path | None = None, batch_size: int = 4, threads: int | None = None,
-                 operating_point: str | None = None) -> None:
+                 operating_point: str | None = None, correct_rotation: bool | None = None,
+                 experimental_infarct: bool | None = None) -> None:
         threads = threads or torch_threads()
         if threads:
             torch.set_num_threads(threads)
@@ -88,6 +90,11 @@ class Predictor:
         if self.operating_point not in OPERATING_POINTS:
             raise ModelError(f"unknown operating point {self.operating_point!r} (choose from {', '.join(OPERATING_POINTS)})")
         self.rotation = RotationEstimator(orientation_dir)
+        # the rotation step: the plan's choice unless the operator switches it off (option or STROKESCAN_ROTATION=off)
+        self.correct_rotation = (self.plan.slice_plan.correct_rotation and rotation_enabled()
+                                 if correct_rotation is None else correct_rotation)
+        # infarct masks are not validated (docs/segmentation.md): off unless asked for (STROKESCAN_EXPERIMENTAL_INFARCT=1)
+        self.experimental_infarct = infarct_enabled() if experimental_infarct is None else experimental_infarct
         self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
         self._gated = self.segmenter is not None and self.segmenter.gates_with(self.plan.weights_sha256)
         if self.segmenter is not None and self.segmenter.plan.min_slice_probability > 0 and not self._gated:
@@ -104,7 +111,7 @@ class Predictor:
     def prepare(self, scan: Scan) -> PreparedScan:
         """Estimate the rotation (once per volume), then window, turn, mask, crop and resize every slice for
         each model's plan."""
-        angles = self.rotation.slice_angles(scan, self.plan.slice_plan.correct_rotation)
+        angles = self.rotation.slice_angles(scan, self.correct_rotation)
         plans = [self.plan.slice_plan] + ([self.segmenter.plan.slice_plan] if self.segmenter is not None else [])
         both = list(self._pool.map(lambda i: prepare_slices(scan.pixels[i], scan.is_hu, plans, angles[i]),
                                   range(scan.n_slices)))
@@ -187,8 +194,13 @@ class Predictor:
         subtypes = {name: float(probs[shows_brain, j].max()) if shows_brain.any() else 0.0
                     for j, name in enumerate(self.plan.outputs) if j > 0}
         masks = quantification = None
+        scan_positive = (bool(score >= scan_threshold) if shows_brain.sum() >= MIN_SLICES_FOR_SCAN_THRESHOLD
+                         else any(s.positive for s in slices))
+        if scan.is_volume and not scan_positive:  # one finding: no flagged slice in a scan that is not flagged
+            for s in slices:
+                s.positive = False
         if self.segmenter is not None:
-            masks = self.segment(prepared, probs)
+            masks = one_finding(self.segment(prepared, probs), [s.positive for s in slices], self.experimental_infarct)
             quantification = self.quantify(scan, masks)
             for s, m in zip(slices, masks):
                 s.lesions = slice_areas(m, scan.pixel_spacing_mm)
@@ -205,8 +217,7 @@ class Predictor:
             n_slices=scan.n_slices,
             slices=slices,
             probability=score,
-            positive=bool(score >= scan_threshold) if shows_brain.sum() >= MIN_SLICES_FOR_SCAN_THRESHOLD
-            else any(s.positive for s in slices),
+            positive=scan_positive,
             slice_threshold=slice_threshold,
             scan_threshold=scan_threshold,
             operating_point=self.operating_point,
@@ -216,8 +227,43 @@ class Predictor:
             quantification=quantification,
             heatmaps=heatmaps,
             out_of_scope=problem,
+            experimental_subtypes=self.experimental_subtypes,
         )
+
+    @property
+    def experimental_subtypes(self) -> list[str]:
+        """Subtype outputs whose cross-validated slice ROC-AUC (model plan) is under
+        :data:`MIN_VALIDATED_SUBTYPE_AUC`, or unknown: shown as experimental by every interface."""
+        return experimental_subtypes(self.plan)
 
     def analyse_path(self, path: str | Path, series: str | None = None, force: bool = False,
                      explain: bool = False) -> ScanResult:
         return self.analyse(load_scan(path, series=series), force=force, explain=explain)
+
+
+def one_finding(masks: list[np.ndarray], flagged: Sequence[bool], infarct: bool = False) -> list[np.ndarray]:
+    """The masks that go with the detector's finding: clot and its perihematomal edema only on the slices the
+    detector flags (none on a slice without brain, none in a scan that is not flagged); infarct only when the
+    experimental infarct output is on. Masks are edited in place and returned."""
+    for m, positive in zip(masks, flagged):
+        if not positive:
+            m[(m == HEMORRHAGE) | (m == EDEMA)] = 0
+        if not infarct:
+            m[m == INFARCT] = 0
+    return masks
+
+
+#: a subtype output below this cross-validated slice ROC-AUC is experimental (near chance today: IPH, IVH)
+MIN_VALIDATED_SUBTYPE_AUC = 0.80
+
+
+def experimental_subtypes(plan: ClassifierPlan) -> list[str]:
+    """Subtypes whose cross-validated slice ROC-AUC on ctich-kaggle (the one source with subtype labels on every
+    slice; ``plan.metrics``) is under the bar, or not stated."""
+    stated = (plan.metrics or {}).get("datasets", {}).get("ctich-kaggle", {}).get("subtypes", {})
+
+    def auc(name: str) -> float:
+        value = stated.get(name, {}).get("roc_auc", {}).get("value")
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    return [name for name in plan.outputs[1:] if not auc(name) >= MIN_VALIDATED_SUBTYPE_AUC]

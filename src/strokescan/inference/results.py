@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 #: bump the minor number for added fields, the major one for renamed or removed fields
 #: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for);
-#: 1.3: model.segmenter_clot_decision
-SCHEMA_VERSION = "1.3"
+#: 1.3: model.segmenter_clot_decision; 1.4: scan.experimental_subtypes (subtypes not validated, CV ROC-AUC < 0.80)
+SCHEMA_VERSION = "1.4"
 
 
 @dataclass
@@ -73,6 +73,7 @@ class ScanResult:
     quantification: SeriesQuantification | None = None
     heatmaps: list[HeatMap] | None = None  # the explained slices' maps in the input's grid, when explain ran
     out_of_scope: str | None = None  # why the input is outside what the models were made for (forced runs only)
+    experimental_subtypes: list[str] = field(default_factory=list)  # subtype outputs not validated: show as such
 
     @property
     def is_volume(self) -> bool:
@@ -91,6 +92,7 @@ class ScanResult:
             "subtypes": {k: round(v, 4) for k, v in self.subtypes.items()},
             "most_suspicious_slice": self.most_suspicious_slice,
             "positive_slices": [s.slice_index for s in self.slices if s.positive],
+            "experimental_subtypes": list(self.experimental_subtypes),
         }
 
     def to_dict(self) -> dict[str, Any]:

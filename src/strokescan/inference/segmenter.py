@@ -76,7 +76,7 @@ def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_de
                   pixels: np.ndarray, is_hu: bool, plan: SegmenterPlan,
                   slice_probability: float | None = None) -> np.ndarray:
     """One slice's model-frame probabilities -> its class-id mask on the input grid, with the plan's clot
-    decision, lesions inside the head only (clot inside the skull when the plan says so), the minimum component
+    decision, lesions inside the skull (clot within the plan's margin of the brain mask), the minimum component
     size, the detector gate (when the detector's ``slice_probability`` is given) and the clot growth (inference
     and evaluation share this)."""
     probs = decide_clot(probs, plan.hemorrhage_weight, plan.min_hemorrhage_confidence)
@@ -89,6 +89,7 @@ def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_de
     ids[~masks.head] = 0
     if plan.clot_within_brain_px >= 0:
         ids[(ids == HEMORRHAGE) & ~_grown(masks.brain, plan.clot_within_brain_px)] = 0
+    ids[~_grown(masks.brain, max(plan.clot_within_brain_px, 0))] = 0  # every lesion class is inside the skull
     ids = remove_small(ids, plan.min_lesion_px)
     return grow_clot(ids, pixels, is_hu, masks.brain, plan.clot_growth_k, plan.clot_growth_px)
 

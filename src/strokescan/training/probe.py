@@ -1,8 +1,8 @@
 """A linear probe: logistic regression on frozen, pooled trunk features under patient-grouped folds.
 
 The floor a trained classifier must beat (issue: "frozen ImageNet features with logistic regression reach about
-0.85 slice AUC"), and the tool to compare encoders (`scripts/seed_comparison.py`,
-`scripts/segmentation_encoder_probe.py`).
+0.85 slice AUC"), and the tool to compare encoders (`studies/seed_comparison.py`,
+`studies/segmentation_encoder_probe.py`).
 """
 
 from __future__ import annotations
