@@ -55,7 +55,7 @@ def record(sessions: sessionmaker, action: str, *, user_id: int | None = None, u
     seconds, an identical event within that time adds no row."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
-    if once_per and not REPEATS.first((user_id, token_id, action, study_id, detail), once_per):
+    if once_per and not REPEATS.first((id(sessions), user_id, token_id, action, study_id, detail), once_per):
         return
     with sessions.begin() as session:
         session.add(AuditEvent(action=action, user_id=user_id, username=username, study_id=study_id, via=via,
