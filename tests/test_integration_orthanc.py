@@ -10,6 +10,7 @@ means loopback only). Skipped, with the reason, without Orthanc, DCMTK or root.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -66,12 +67,13 @@ def orthanc(namespace, tmp_path: Path):
 
 
 class ListenerProcess:
-    def __init__(self, instance: Path, model: Path, orthanc, quiet: float) -> None:
-        self.log = open(instance.parent / f"listener-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+    def __init__(self, instance: Path, model: Path, orthanc, quiet: float, extra: tuple[str, ...] = ()) -> None:
+        self.path = instance.parent / f"listener-{time.monotonic_ns()}.log"
+        self.log = open(self.path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "strokescan.app.integration.listener", "--instance-dir", str(instance),
              "--port", str(LISTEN_PORT), "--quiet-seconds", str(quiet), "--allow", "SCANNER",
-             "--dest", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--model", str(model)],
+             "--dest", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--model", str(model), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={"STROKESCAN_TORCH_THREADS": "2", **os.environ})
         line = self.process.stdout.readline()
         assert line.startswith("strokescan listen:"), f"listener did not start: {line!r}"
@@ -92,8 +94,8 @@ class ListenerProcess:
 def listeners(namespace, tmp_path: Path, model: Path):
     started: list[ListenerProcess] = []
 
-    def start(orthanc, quiet: float = 1.0) -> ListenerProcess:
-        proc = ListenerProcess(tmp_path / "instance", model, orthanc, quiet)
+    def start(orthanc, quiet: float = 1.0, extra: tuple[str, ...] = ()) -> ListenerProcess:
+        proc = ListenerProcess(tmp_path / "instance", model, orthanc, quiet, extra)
         started.append(proc)
         return proc
 
@@ -102,9 +104,10 @@ def listeners(namespace, tmp_path: Path, model: Path):
         proc.stop()
 
 
-def storescu(files: list[Path], calling: str = "SCANNER", background: bool = False, options: tuple[str, ...] = ()):
+def storescu(files: list[Path], calling: str = "SCANNER", background: bool = False, options: tuple[str, ...] = (),
+             called: str = "STROKESCAN"):
     """DCMTK's storescu sending ``files`` to the listener; ``options``: e.g. ``("-xs",)`` (propose JPEG lossless)."""
-    args = ["storescu", "-v", *options, "-aet", calling, "-aec", "STROKESCAN", "127.0.0.1", str(LISTEN_PORT),
+    args = ["storescu", "-v", *options, "-aet", calling, "-aec", called, "127.0.0.1", str(LISTEN_PORT),
             *map(str, files)]
     if background:
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -308,3 +311,161 @@ def test_compressed_transfer_syntaxes_give_the_same_result(orthanc, listeners, g
     reference = probabilities.pop("1.2.840.10008.1.2.1")
     assert all(abs(p - reference) <= 1e-6 for p in probabilities.values()), (reference, probabilities)
     rows_match_files(db, tmp_path)
+
+
+# ---- issue 30: poison series, pauses, growth, thickness, AE titles --------------------------------------------------
+CQ500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "head-ct-dicom" / "cq500-ct-0_thin_jpeg-lossless"
+
+
+def by_modality(orthanc) -> dict[str, list[pydicom.Dataset]]:
+    out: dict[str, list[pydicom.Dataset]] = {}
+    for instance in orthanc.instances():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance}/file")))
+        out.setdefault(str(ds.Modality), []).append(ds)
+    return out
+
+
+def seg_volumes_ml(seg: pydicom.Dataset) -> dict[str, float]:
+    """Each segment's pixels x its frame's own pixel area and SliceThickness (per-frame Pixel Measures)."""
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    out: dict[str, float] = {}
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        m = item.PixelMeasuresSequence[0]
+        label = labels[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+        out[label] = out.get(label, 0.0) + int(pixels[f].sum()) * float(m.PixelSpacing[0]) * float(
+            m.PixelSpacing[1]) * float(m.SliceThickness) / 1000
+    return out
+
+
+@pytest.mark.skipif(not CQ500.is_dir(), reason="shared head-ct-dicom data absent")
+def test_series_without_frame_of_reference_gets_sr_and_key_image_and_never_blocks_the_next(
+        orthanc, listeners, ge_folder: Path, tmp_path: Path):
+    """CQ500-CT-0 (no FrameOfReferenceUID, JPEG lossless) then the GE series: SR + key image for the first, all
+    three objects for the second, no traceback; the GE SR's volumes are the SEG's pixels x each slice's thickness."""
+    proc = listeners(orthanc)
+    cq500 = sorted(CQ500.glob("*.dcm"))
+    run = storescu(cq500, options=("-xs",))
+    assert run.returncode == 0 and acknowledged(run.stdout + run.stderr) == 48, run.stdout + run.stderr
+    ge = sorted(ge_folder.glob("*.dcm"))
+    assert storescu(ge).returncode == 0
+    wait_for(lambda: len(orthanc.instances()) >= 5, 240, "SR + key image of CQ500 and SEG + SR + key image of GE")
+    time.sleep(2.0)  # nothing more comes
+    objects = by_modality(orthanc)
+    assert sorted((k, len(v)) for k, v in objects.items()) == [("OT", 2), ("SEG", 1), ("SR", 2)]
+    cq_study = pydicom.dcmread(cq500[0], stop_before_pixels=True).StudyInstanceUID
+    cq_sr = next(ds for ds in objects["SR"] if ds.StudyInstanceUID == cq_study)
+    ge_sr = next(ds for ds in objects["SR"] if ds.StudyInstanceUID != cq_study)
+    assert cq_sr.CompletionFlag == "PARTIAL"  # every 5th slice of the thin series: instance numbers missing
+    assert ge_sr.CompletionFlag == "COMPLETE"
+    (seg,) = objects["SEG"]
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]  # 4 mm and 7 mm frames
+    seg_ml = seg_volumes_ml(seg)
+    report = hd.sr.Comprehensive3DSR.from_dataset(ge_sr).content
+    for group in report.get_volumetric_roi_measurement_groups():
+        (measurement,) = group.get_measurements()
+        label = next(k for k in seg_ml if k.lower() == group.finding_type.meaning.lower())
+        assert measurement.value == pytest.approx(seg_ml[label], rel=0.01)
+    inbox = tmp_path / "instance" / "dicom-inbox"
+    key = hashed(cq_study, pydicom.dcmread(cq500[0], stop_before_pixels=True).SeriesInstanceUID)
+    notes = json.loads((inbox / key / "results" / "notes.json").read_text())
+    assert "FrameOfReferenceUID" in notes["seg_problem"] and (inbox / key / "sent.json").exists()
+    text = proc.path.read_text()
+    assert "Traceback" not in text and "no SEG" in text
+    assert len(list(inbox.glob("*/sent.json"))) == 2
+
+
+def test_a_pause_inside_one_association_does_not_complete_the_series(orthanc, listeners, ge_folder: Path,
+                                                                     tmp_path: Path):
+    """28 C-STOREs on one association with a pause longer than the quiet time after the 20th: one result, of 28
+    slices, COMPLETE."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    listeners(orthanc, quiet=1.0)
+    datasets = [pydicom.dcmread(f) for f in sorted(ge_folder.glob("*.dcm"))]
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage, [str(datasets[0].file_meta.TransferSyntaxUID)])
+    assoc = ae.associate("127.0.0.1", LISTEN_PORT, ae_title="STROKESCAN")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets[:20]]
+    time.sleep(4.0)  # four quiet times, the association still open
+    statuses += [int(assoc.send_c_store(ds).Status) for ds in datasets[20:]]
+    assoc.release()
+    assert statuses == [0] * 28
+    wait_for(lambda: len(orthanc.instances()) >= 3, 120, "the results in Orthanc")
+    time.sleep(2.0)
+    objects = by_modality(orthanc)
+    assert sorted(objects) == ["OT", "SEG", "SR"] and all(len(v) == 1 for v in objects.values())
+    assert objects["SR"][0].CompletionFlag == "COMPLETE"
+    with listener_db(tmp_path)() as session:
+        (study,) = session.scalars(select(Study))
+    assert study.n_slices == 28
+
+
+def test_a_gap_says_partial_and_the_grown_series_is_sent_again_as_a_new_version(orthanc, listeners, ge_folder: Path,
+                                                                                tmp_path: Path):
+    """The GE series without its 6th slice: SR PARTIAL; the slice sent later: analysed again, a new SEG, SR and
+    key image (new UIDs), the new SR naming the old one as its predecessor, COMPLETE."""
+    proc = listeners(orthanc, quiet=1.0)
+    files = sorted(ge_folder.glob("*.dcm"))
+    assert storescu(files[:5] + files[6:]).returncode == 0
+    wait_for(lambda: len(orthanc.instances()) >= 3, 120, "version 1 in Orthanc")
+    first = by_modality(orthanc)
+    assert first["SR"][0].CompletionFlag == "PARTIAL"
+    assert "missing" in first["SR"][0].CompletionFlagDescription
+    assert storescu(files[5:6]).returncode == 0
+    wait_for(lambda: len(orthanc.instances()) >= 6, 120, "version 2 in Orthanc")
+    time.sleep(2.0)
+    objects = by_modality(orthanc)
+    assert sorted((k, len(v)) for k, v in objects.items()) == [("OT", 2), ("SEG", 2), ("SR", 2)]
+    old_uid = first["SR"][0].SOPInstanceUID
+    new_sr = next(ds for ds in objects["SR"] if ds.SOPInstanceUID != old_uid)
+    assert new_sr.CompletionFlag == "COMPLETE" and "version 2" in new_sr.SeriesDescription
+    ref = new_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == old_uid
+    new_seg = next(ds for ds in objects["SEG"] if ds.SOPInstanceUID != first["SEG"][0].SOPInstanceUID)
+    assert len({item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                for item in new_seg.PerFrameFunctionalGroupsSequence}) <= 28
+    folder = next(p for p in (tmp_path / "instance" / "dicom-inbox").iterdir() if p.is_dir())
+    assert (folder / "results-v1" / "sent.json").exists() and (folder / "sent.json").exists()
+    text = proc.path.read_text()
+    assert "analysing it again (version 2)" in text and "Traceback" not in text
+    assert text.count("results sent to ORTHANC") == 2
+
+
+def test_wrong_called_ae_and_unknown_calling_ae_are_refused_and_logged(orthanc, listeners, ge_folder: Path,
+                                                                       tmp_path: Path):
+    proc = listeners(orthanc)
+    files = sorted(ge_folder.glob("*.dcm"))[:2]
+    wrong_called = storescu(files, called="OTHERPACS")
+    assert wrong_called.returncode != 0 and acknowledged(wrong_called.stdout + wrong_called.stderr) == 0
+    unknown = storescu(files, calling="INTRUDER")
+    assert unknown.returncode != 0
+    assert not inbox_files(tmp_path)
+    wait_for(lambda: proc.path.read_text().count("refused") >= 2, 10, "two refusal lines")
+    lines = [line for line in proc.path.read_text().splitlines() if "refused" in line]
+    assert len(lines) == 2
+    assert "called AE title 'OTHERPACS'" in lines[0] and "'SCANNER'" in lines[0]
+    assert "'INTRUDER'" in lines[1] and "not in --allow" in lines[1]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", lines[0])  # timestamped, at INFO by default
+    assert "listening as STROKESCAN" in proc.path.read_text()
+
+
+def test_destination_down_backs_off_and_gives_up_after_the_limit(orthanc, listeners, ge_folder: Path,
+                                                                 tmp_path: Path):
+    """Orthanc stopped: a few tries with a doubling wait, one warning, then the series is given up (failed.json);
+    a resend logs one line, not one per instance."""
+    orthanc.stop(kill=True)
+    proc = listeners(orthanc, extra=("--retry-seconds", "0.5", "--max-attempts", "3"))
+    files = series_copies(sorted(ge_folder.glob("*.dcm"))[8:14], tmp_path / "down")
+    assert storescu(files).returncode == 0
+    inbox = tmp_path / "instance" / "dicom-inbox"
+    wait_for(lambda: len(list(inbox.glob("*/failed.json"))) == 1, 120, "the series to be given up")
+    assert storescu(files).returncode == 0  # sent again by the scanner
+    time.sleep(2.0)
+    text = proc.path.read_text()
+    assert text.count("delivery failed") == 1 and text.count("failed again") == 1 and text.count("given up") == 1
+    assert text.count("sent again (already received") == 1 and "Traceback" not in text
+    state = json.loads(next(inbox.glob("*/delivery.json")).read_text())
+    assert state["attempts"] == 3 and "no association" in state["reason"]
