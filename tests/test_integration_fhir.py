@@ -112,3 +112,45 @@ def test_post_failure_is_one_line_without_data(server):
         post_bundle(build_bundle(make_result()), url)
     with pytest.raises(FhirPostError, match="unreachable"):
         post_bundle(build_bundle(make_result()), "http://127.0.0.1:9/fhir", timeout_s=2)
+
+
+def test_identifiers_only_when_enabled_subject_by_patient_id_and_bearer_token(server, tmp_path: Path):  # noqa: F811
+    """Off by default: placeholder subject, no study UID. Enabled: the subject by PatientID in the site's system,
+    the ImagingStudy by StudyInstanceUID; the bearer token reaches the server."""
+    from strokescan.app.integration.fhir import FhirSettings, deliver
+
+    url, recorder = server
+    uid, patient = "1.2.826.0.1.3680043.9.4245.1", "QMNx85rKkkg"
+    plain = deliver(make_result(), FhirSettings(url=url), study_instance_uid=uid, patient_id=patient)
+    text = plain.model_dump_json()
+    assert uid not in text and patient not in text
+    settings = FhirSettings(url=url, include_study_uid=True, patient_identifier_system="urn:oid:1.2.3.4",
+                            headers=(("Authorization", "Bearer s3cret"),))
+    deliver(make_result(), settings, study_instance_uid=uid, patient_id=patient)
+    _, headers, body = recorder.posts[-1]
+    assert headers["Authorization"] == "Bearer s3cret"
+    (report,) = resources(json.loads(body), "DiagnosticReport")
+    assert report["subject"] == {"identifier": {"system": "urn:oid:1.2.3.4", "value": patient}}
+    assert report["imagingStudy"] == [{"type": "ImagingStudy", "identifier": {
+        "system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}}]
+
+
+def test_listen_reads_a_toml_config_and_flags_win(tmp_path: Path, monkeypatch):
+    import argparse
+
+    from strokescan.app.integration.listener import add_listen_arguments, settings_from_args
+
+    monkeypatch.setenv("STROKESCAN_FHIR_TOKEN", "tok")
+    config = tmp_path / "listen.toml"
+    config.write_text('[listen]\nport = 11999\nallow = ["CT1", "CT2"]\nquiet-seconds = 7\n'
+                      'dest = "PACS@127.0.0.1:4242"\nfhir-dir = "fhir"\nmax-attempts = 4\n')
+    parser = argparse.ArgumentParser()
+    add_listen_arguments(parser)
+    args = parser.parse_args(["--config", str(config), "--quiet-seconds", "2", "--instance-dir", str(tmp_path)])
+    settings = settings_from_args(args)
+    assert (settings.port, settings.allowed_calling_aets, settings.quiet_seconds, settings.max_attempts) == (
+        11999, ("CT1", "CT2"), 2.0, 4)
+    assert settings.destination.port == 4242 and settings.fhir.headers == (("Authorization", "Bearer tok"),)
+    config.write_text("colour = 'blue'\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        settings_from_args(parser.parse_args(["--config", str(config), "--instance-dir", str(tmp_path)]))
