@@ -316,6 +316,56 @@ def test_worklist_flagged_first_then_arrival_order(reader):
     tab.assert_no_errors()
 
 
+def test_end_scrolls_the_slices_not_the_page_and_the_ich_form_keeps_its_inputs(reader):
+    tab, study_id = reader
+    page = tab.page
+    page.goto(f"/studies/{study_id}")
+    expect(page.locator("#viewer")).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.keyboard.press("End")
+    _expect_slice(page, int(page.get_attribute("#viewer", "data-n")) - 1)
+    assert page.evaluate("window.scrollY") == 0
+    page.fill("#ich-score input[name=gcs]", "7")
+    page.fill("#ich-score input[name=age]", "82")
+    page.select_option("#ich-score select[name=ivh]", "yes")
+    page.click("#ich-score button[type=submit]")
+    expect(page.locator("#ich-total")).to_be_visible()
+    assert page.input_value("#ich-score input[name=gcs]") == "7"
+    assert page.input_value("#ich-score input[name=age]") == "82"
+    assert page.input_value("#ich-score select[name=ivh]") == "yes"
+    tab.assert_no_errors()
+
+
+def test_the_worklist_alerts_a_new_flagged_study_without_a_reload(server, browser):
+    app, base, _models, _scratch = server
+    tab = Tab(browser, base)
+    try:
+        tab.login()
+        page = tab.page
+        loads: list[str] = []
+        page.on("load", lambda p: loads.append(p.url))
+        expect(page.locator("#new-flagged")).to_be_hidden()
+        page.wait_for_timeout(1000)  # the first poll: what is flagged now is no news
+        with app.extensions["strokescan"]["sessions"].begin() as session:
+            study = Study(label="Live flagged study", kind="image", upload_dir="uploads/none",
+                          analyse_path="uploads/none/0001.png", status=StudyStatus.DONE, positive=True,
+                          probability=0.97, operating_point="balanced")
+            session.add(study)
+            session.flush()
+            study_id = study.id
+        alert = page.locator("#new-flagged")
+        expect(alert).to_be_visible(timeout=15_000)
+        expect(alert).to_contain_text(f"study {study_id}")
+        assert alert.get_attribute("role") == "alert"
+        expect(page.locator(f"#worklist tbody tr[data-study='{study_id}']")).to_be_visible(timeout=15_000)
+        assert loads == [], loads  # refreshed in place
+        tab.assert_no_errors()
+    finally:
+        tab.context.close()
+        with app.extensions["strokescan"]["sessions"].begin() as session:
+            session.delete(session.get(Study, study_id))
+
+
 def test_logout_locks_the_pages(server, browser):
     _app, base, _models, _scratch = server
     tab = Tab(browser, base)

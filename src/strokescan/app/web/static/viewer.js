@@ -55,8 +55,8 @@
     if (e.target.closest("textarea, select, input:not([type=checkbox])")) return;  // the control's own keys
     const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1, PageDown: 5, PageUp: -5 }[e.key];
     if (step) { e.preventDefault(); show(index + step); }
-    if (e.key === "Home") show(0);
-    if (e.key === "End") show(n - 1);
+    if (e.key === "Home") { e.preventDefault(); show(0); }  // the slices', not the page's Home and End
+    if (e.key === "End") { e.preventDefault(); show(n - 1); }
   });
   windowSelect.addEventListener("change", () => show(index));
   for (const box of document.querySelectorAll("input.toggle")) {
