@@ -1,0 +1,190 @@
+"""Issue 29's report per source: detection per source and protocol (patient CV, leave-one-source-out), the rotation
+step with and without on every set, the named real cases before and after, and a figure of sensitivity by source.
+
+    .venv/bin/python studies/generalisation_report.py --new RUNS/detector_all --loso RUNS/detector_ctich \\
+        --model src/strokescan/resources/models/classifier --out reports/generalisation
+
+RUNS/detector_* are `strokescan train classifier --protocol all|ctich` run folders after `strokescan evaluate`
+(their report/metrics.json); v0.5.0's figures are read from reports/detection/. The rotation comparison runs the
+given detector through the one Predictor on every slice of each set, with the rotation step on and off (paired,
+95 % patient-bootstrap CI of the difference); sets the detector trained on are marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from strokescan.datasets import local  # noqa: E402
+from strokescan.evaluation.metrics import format_ci, patient_bootstrap, roc_auc  # noqa: E402
+from strokescan.inference import Predictor  # noqa: E402
+from strokescan.io import load_scan  # noqa: E402
+
+OLD = Path("reports/detection")
+REAL = {"CQ500-CT-1 (large IPH, 3 of 3 readers)": "head-ct-dicom/cq500-ct-1_single-slice",
+        "GE HiSpeed (normal)": "head-ct-dicom/ge-hispeed-dual_gantry-tilt",
+        "CQ500-CT-0 (no bleed, 2 of 3 readers)": "head-ct-dicom/cq500-ct-0_thin_jpeg-lossless"}
+#: measured at e30b57e (before issue 29) with `strokescan predict PATH --json --masks-dir M` on the bundled models
+BEFORE = {"CQ500-CT-1 (large IPH, 3 of 3 readers)": "p 0.358, IPH 0.26, turned 286.7 deg, flagged",
+          "GE HiSpeed (normal)": "p 0.384, not flagged, 5 of 28 slices red, 6.38 mL hemorrhage (13 lesions)",
+          "CQ500-CT-0 (no bleed, 2 of 3 readers)": "p 0.480, flagged, 9 of 48 slices (19 %), 8.87 mL hemorrhage"}
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "report" / "metrics.json").read_text())
+
+
+def detection_rows(name: str, metrics: dict) -> list[str]:
+    rows = []
+    for source, d in metrics["datasets"].items():
+        s, c = d["slice"], d.get("scan", {})
+        kind = "never seen (leave-one-source-out)" if d["external"] else "patient 5-fold CV"
+        scan = (f"{format_ci(c['roc_auc'])} (n {c['n_scans']})" if c.get("roc_auc") and
+                not np.isnan(c["roc_auc"]["value"]) else "—")
+        ops = " / ".join(f"{format_ci(s[f'{p}_sensitivity'])} / {format_ci(s[f'{p}_specificity'])}"
+                         if not np.isnan(s[f"{p}_specificity"]["value"]) else
+                         f"{format_ci(s[f'{p}_sensitivity'])} / —" for p in ("balanced", "sensitive"))
+        auc = format_ci(s["roc_auc"]) if not np.isnan(s["roc_auc"]["value"]) else "— (positives only)"
+        rows.append(f"| {name} | {source} | {kind} | {s['n_slices']} ({s['n_positive']}) / {s['n_patients']} pt | "
+                    f"{auc} | {scan} | {ops} |")
+    return rows
+
+
+def _sets() -> dict[str, pd.DataFrame]:
+    """Every set with slice labels for hemorrhage: label 1 blood, 0 none (aisd/cpaisd: infarcts, no blood)."""
+    out = {}
+    kaggle = local.load_ctich_kaggle()
+    out["ctich-kaggle"] = kaggle[kaggle["label"].notna()][["image_path", "patient", "label"]]
+    out["phe-sich"] = local.load_phe_sich()[["image_path", "patient", "label"]]
+    bhsd = local.load_bhsd_mini()
+    out["bhsd-mini"] = bhsd.assign(label=1.0)[["image_path", "patient", "label"]]
+    for name, loader in (("aisd-mini", local.load_aisd_mini), ("cpaisd-mini", local.load_cpaisd_mini)):
+        d = loader()
+        out[name] = d.assign(label=0.0, patient=d.get("patient", d["image_path"]))[["image_path", "patient", "label"]]
+    return out
+
+
+def rotation_rows(model: Path, trained_on: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """Per set: slice ROC-AUC (or flag rates) with the rotation step on and off, and how many slices it turned."""
+    on, off = Predictor(model), Predictor(model, correct_rotation=False)
+    thr = on.plan.threshold("slice", "balanced")
+    rows, frames = [], []
+    for name, d in _sets().items():
+        rec = []
+        for path, patient, label in tqdm(d.itertuples(index=False), total=len(d), desc=f"rotation on/off {name}",
+                                         mininterval=10):
+            scan = load_scan(path)
+            a, b = on.analyse(scan, force=True), off.analyse(scan, force=True)
+            rec.append({"set": name, "patient": str(patient), "label": float(label), "p_on": a.slices[0].probability,
+                        "p_off": b.slices[0].probability, "turn": a.slices[0].rotation_deg})
+        f = pd.DataFrame(rec)
+        frames.append(f)
+        turned = int((f["turn"] != 0).sum())
+        seen = " (trained on)" if name in trained_on else ""
+        y = f["label"].to_numpy(int)
+        if 0 < y.sum() < len(y):
+            def diff(g: pd.DataFrame) -> dict[str, float]:
+                y_g = g["label"].to_numpy(int)
+                return {"d": roc_auc(y_g, g["p_on"].to_numpy()) - roc_auc(y_g, g["p_off"].to_numpy())}
+            ci = patient_bootstrap(f.reset_index(drop=True), diff)["d"]
+            rows.append(f"| {name}{seen} | {len(f)} ({int(y.sum())}) | {turned} | "
+                        f"{roc_auc(y, f['p_on'].to_numpy()):.3f} | {roc_auc(y, f['p_off'].to_numpy()):.3f} | "
+                        f"{format_ci(ci)} |")
+        else:
+            rate = (f"sensitivity {np.mean(f['p_on'] >= thr):.3f} vs {np.mean(f['p_off'] >= thr):.3f}" if y.all()
+                    else f"flagged {np.mean(f['p_on'] >= thr):.3f} vs {np.mean(f['p_off'] >= thr):.3f}")
+            rows.append(f"| {name}{seen} | {len(f)} ({int(y.sum())}) | {turned} | {rate} (balanced point) | | |")
+    return rows, pd.concat(frames)
+
+
+def real_rows(model: Path, segmenter: bool = True) -> list[str]:
+    from strokescan.config import data_root
+
+    predictor = Predictor(model, segment=segmenter)
+    rows = []
+    for name, rel in REAL.items():
+        scan = load_scan(data_root() / rel)
+        r = predictor.analyse(scan)
+        ml = r.quantification.classes["hemorrhage"].total if r.quantification else float("nan")
+        unit = r.quantification.classes["hemorrhage"].unit if r.quantification else ""
+        flagged = sum(s.positive for s in r.slices)
+        mask_without_brain = sum(int((m > 0).any()) for m, s in zip(r.masks or [], r.slices) if not s.brain_visible)
+        rows.append(f"| {name} | {BEFORE[name]} | p {r.probability:.3f} (scan threshold {r.scan_threshold:.3f}), "
+                    f"{'flagged' if r.positive else 'not flagged'}, IPH {r.subtypes['intraparenchymal']:.2f}, "
+                    f"turned {r.slices[0].rotation_deg:g} deg, {flagged} of {r.n_slices} slices flagged, "
+                    f"hemorrhage {ml:.2f} {unit}, masks on slices without brain: {mask_without_brain} |")
+    return rows
+
+
+def sensitivity_figure(runs: dict[str, dict], out: Path) -> None:
+    """Slice sensitivity per source at both operating points, per protocol, with 95 % CIs."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, point in zip(axes, ("balanced", "sensitive")):
+        labels, x = [], 0
+        for name, m in runs.items():
+            for source, d in m["datasets"].items():
+                v = d["slice"][f"{point}_sensitivity"]
+                lo, hi = v["ci95"]
+                ax.bar(x, v["value"], color="tab:red" if d["external"] else "tab:blue")
+                ax.errorbar(x, v["value"], yerr=[[v["value"] - lo], [hi - v["value"]]], color="k", capsize=3)
+                labels.append(f"{source}\n{name}{' (unseen)' if d['external'] else ''}")
+                x += 1
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
+        ax.set_title(f"slice sensitivity, {point} point")
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("sensitivity (95 % CI)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--new", type=Path, required=True, help="run folder of the all-sources protocol")
+    ap.add_argument("--loso", type=Path, required=True, help="run folder of the ctich-only protocol")
+    ap.add_argument("--model", type=Path, required=True, help="the detector the rotation comparison runs")
+    ap.add_argument("--out", type=Path, default=Path("reports/generalisation"))
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    runs = {"v0.5.0 all": json.loads((OLD / "metrics_protocol_all.json").read_text()),
+            "v0.5.0 ctich-only": json.loads((OLD / "metrics_protocol_ctich.json").read_text()),
+            "v0.6.0 all": _metrics(a.new), "v0.6.0 ctich-only": _metrics(a.loso)}
+    lines = ["# Findings at other hospitals: detection per source and protocol (issue 29)", "",
+             f"Command: `.venv/bin/python studies/generalisation_report.py --new {a.new} --loso {a.loso} "
+             f"--model {a.model} --out {a.out}`.", "",
+             "## Detection per source", "",
+             "Slice n (positive) / patients; 95 % CIs from 1000 patient-bootstrap resamples; each fold's thresholds from "
+             "its own validation fold. v0.5.0 rows are the shipped detector's reports (reports/detection/).", "",
+             "| detector / protocol | source | how tested | slices (positive) / patients | slice ROC-AUC | scan ROC-AUC "
+             "(n scans) | balanced: sens / spec / sensitive: sens / spec |", "|---|---|---|---|---|---|---|"]
+    for name, m in runs.items():
+        lines += detection_rows(name, m)
+    sensitivity_figure(runs, a.out / "sensitivity_by_source.png")
+    lines += ["", "![slice sensitivity by source](sensitivity_by_source.png)", "",
+              "## The rotation step, with and without, on every set", "",
+              f"Detector `{a.model}` through the Predictor, slice by slice (2-D images; rule in ship_rule_v0.6.0.md). "
+              "Difference = AUC with the step minus without, paired by patient.", "",
+              "| set | slices (blood) | slices turned | slice ROC-AUC with | without | difference (95 % CI) |",
+              "|---|---|---|---|---|---|"]
+    trained = runs["v0.6.0 all"].get("sources", [])
+    rows, frame = rotation_rows(a.model, trained)
+    frame.to_csv(a.out / "rotation_on_off.csv", index=False)
+    lines += rows
+    lines += ["", "## Named real cases, before and after", "",
+              "| case | before (e30b57e) | after (this detector, bundled segmenter) |", "|---|---|---|"]
+    lines += real_rows(a.model)
+    (a.out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
