@@ -22,7 +22,7 @@ ACTIONS = (
     "login", "login_failed", "lockout", "logout", "password_changed", "session_ended",
     "view_worklist", "view_study", "view_image", "view_mask", "view_result", "upload", "export", "feedback",
     "delete", "token_use", "token_refused", "token_issued", "token_revoked", "user_created", "user_changed",
-    "settings_changed", "retention_purge",
+    "settings_changed", "retention_purge", "analysed",
 )
 IMAGE_REPEAT_SECONDS = 60.0
 

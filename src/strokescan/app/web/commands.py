@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     os.umask(0o077)  # everything the server writes (database, uploads, PNGs) is for its own user only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(WebSettings())
+    app = create_app(WebSettings(start_worker=not args.no_worker))
     password = ensure_admin(app)
     added = 0 if args.no_samples else seed_samples(app)
     url = f"http://{args.host}:{args.port}/"
@@ -77,6 +77,32 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, not only this machine: put it behind HTTPS", file=sys.stderr)
     make_server(app, args.host, args.port, args.threads).run()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Analyse queued studies until SIGTERM or SIGINT: one of several workers over one database."""
+    import signal
+    from pathlib import Path
+
+    from strokescan.app.web.db import make_engine, session_factory, upgrade_database
+    from strokescan.app.web.jobs import JobWorker, default_worker_id
+    from strokescan.config import database_url, show_identifiers, web_root
+    from strokescan.inference import Predictor
+
+    os.umask(0o077)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = database_url()
+    upgrade_database(url)
+    model = Path(args.model) if args.model else None
+    worker = JobWorker(session_factory(make_engine(url)), web_root(),
+                       lambda: Predictor(model, segment=True) if model else Predictor(segment=True),
+                       show_identifiers(), poll_seconds=args.poll, worker_id=args.id or default_worker_id(),
+                       lease_seconds=args.lease)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    print(f"strokescan worker {worker.worker_id}: analysing queued studies (lease {args.lease:g} s)", flush=True)
+    worker.run()  # in this thread: returns after stop()
     return 0
 
 
@@ -222,7 +248,24 @@ def add_web_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=WEB_DEFAULT_PORT)
     p.add_argument("--threads", type=int, default=8, help="request threads (analysis runs in its own worker)")
     p.add_argument("--no-samples", action="store_true", help="do not queue the sample scans on an empty worklist")
+    p.add_argument("--no-worker", action="store_true",
+                   help="analyse nothing here: 'strokescan worker' processes do (several machines, one database)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "worker", help="analyse queued web studies (one of several workers over one database)",
+        description="Claim queued studies from the web app's database ($STROKESCAN_DATABASE_URL, e.g. "
+        "postgresql+psycopg://user@host/db) and analyse them with the one Predictor; the uploads folder "
+        "($STROKESCAN_WEB_DIR) must be the same storage on every machine. A worker renews a lease on the study it "
+        "analyses; a study whose worker stopped renewing it for --lease seconds (killed, machine lost) is taken "
+        "over by another. Stops after the current study on SIGTERM or Ctrl-C. Run the web app with "
+        "'serve --no-worker' beside workers.")
+    p.add_argument("--lease", type=float, default=60.0, help="seconds without a heartbeat before a study is "
+                   "taken over (default 60)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    p.add_argument("--model", help="classifier folder (default: the bundled models)")
+    p.add_argument("--id", help="this worker's name in the database and the audit trail (default host:pid)")
+    p.set_defaults(func=_worker)
 
     web = sub.add_parser("web", help="web app accounts, API tokens, the audit trail, retention")
     which = web.add_subparsers(dest="web_command", metavar="ACTION", required=True)

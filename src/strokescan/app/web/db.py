@@ -137,6 +137,8 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)  # the worker analysing it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # its last sign of life
     uploaded_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     n_slices: Mapped[int | None] = mapped_column(Integer, nullable=True)
     probability: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -243,8 +245,10 @@ def alembic_config(url: str) -> Config:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout, so the job worker and requests can share it."""
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if url.startswith("sqlite") else {})
+    """An engine for ``url``; SQLite gets WAL and a busy timeout, so the job worker and requests can share it; a
+server database (PostgreSQL: ``postgresql+psycopg://...``) checks pooled connections before use."""
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if url.startswith("sqlite") else {},
+                           pool_pre_ping=not url.startswith("sqlite"))
     if url.startswith("sqlite"):
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:

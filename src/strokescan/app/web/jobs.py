@@ -2,6 +2,11 @@
 the oldest one (an atomic ``UPDATE ... WHERE status = 'queued'``, safe with several workers or processes), runs
 the one :class:`~strokescan.inference.Predictor`, writes the viewer's PNG cache and stores the result.
 
+Workers of ``strokescan worker`` (on several machines over one database) hold a lease: ``claimed_by`` and a
+``heartbeat_at`` renewed while they analyse. A running study whose heartbeat is older than the lease (its
+worker was killed) is claimed again by another worker; only the holder of the claim stores the outcome, so
+each study's result is stored once.
+
 A failure marks the study ``failed`` with one line (never a traceback, never a server path; the stored files have
 neutral names unless the operator keeps identifiers) and keeps the upload. A DICOM upload of another modality
 fails naming it before the series is assembled. At start-up, studies left ``running`` by a stopped server are
@@ -12,16 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import warnings
+from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
+from strokescan.app.web.audit import record
 from strokescan.app.web.db import Study, StudyStatus, utcnow
 from strokescan.app.web.render import render_study
 from strokescan.app.web.uploads import private_tree
@@ -40,16 +49,33 @@ def requeue_interrupted(sessions: sessionmaker) -> int:
                                .values(status=StudyStatus.QUEUED, started_at=None)).rowcount
 
 
-def claim_next(sessions: sessionmaker) -> int | None:
-    """Mark the oldest queued study running and return its id (None when the queue is empty)."""
-    with sessions.begin() as session:
-        for study_id in session.scalars(select(Study.id).where(Study.status == StudyStatus.QUEUED)
-                                        .order_by(Study.created_at, Study.id).limit(5)):
-            claimed = session.execute(update(Study).where(Study.id == study_id, Study.status == StudyStatus.QUEUED)
-                                      .values(status=StudyStatus.RUNNING, started_at=utcnow())).rowcount
-            if claimed:
-                return study_id
+def _stale(lease_seconds: float):
+    """Running studies whose worker has not renewed its lease in time (or never held one)."""
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    return and_(Study.status == StudyStatus.RUNNING,
+                or_(Study.heartbeat_at < cutoff, and_(Study.heartbeat_at.is_(None), Study.started_at < cutoff)))
+
+
+def claim_next(sessions: sessionmaker, worker_id: str | None = None, lease_seconds: float | None = None) -> int | None:
+    """Mark the oldest queued study running for ``worker_id`` and return its id; with ``lease_seconds``, a study
+    whose worker stopped renewing its lease is claimed again. None when there is nothing to do."""
+    for stale in ([False, True] if lease_seconds else [False]):
+        with sessions.begin() as session:
+            where = _stale(lease_seconds) if stale else Study.status == StudyStatus.QUEUED
+            for study_id in session.scalars(select(Study.id).where(where).order_by(Study.created_at, Study.id).limit(5)):
+                now = utcnow()
+                claimed = session.execute(update(Study).where(Study.id == study_id, where)
+                                          .values(status=StudyStatus.RUNNING, started_at=now, heartbeat_at=now,
+                                                  claimed_by=worker_id)).rowcount
+                if claimed:
+                    if stale:
+                        log.warning("study %d: its worker stopped renewing its lease; claimed again", study_id)
+                    return study_id
     return None
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:80]
 
 
 def public_document(result: ScanResult, label: str, show_identifiers: bool) -> dict:
@@ -102,8 +128,11 @@ class JobWorker(threading.Thread):
     def __init__(self, sessions: sessionmaker, instance_dir: Path, predictor_factory: Callable[[], Predictor],
                  show_identifiers: bool = False, poll_seconds: float = 0.5,
                  on_done: Callable[[int, object, ScanResult], None] | None = None,
-                 housekeeping: Callable[[], None] | None = None, housekeeping_seconds: float = 3600.0) -> None:
+                 housekeeping: Callable[[], None] | None = None, housekeeping_seconds: float = 3600.0,
+                 worker_id: str | None = None, lease_seconds: float | None = None) -> None:
         super().__init__(name="strokescan-jobs", daemon=True)
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds  # None: no reclaiming (the embedded worker requeues at start instead)
         self.housekeeping, self.housekeeping_seconds = housekeeping, housekeeping_seconds  # run when idle
         self._last_housekeeping = 0.0
         self.on_done = on_done  # called (study id, Scan, ScanResult) after a study is stored done; never fails it
@@ -148,7 +177,7 @@ class JobWorker(threading.Thread):
     def run(self) -> None:
         self._warm_up()
         while not self._stop_event.is_set():
-            study_id = claim_next(self.sessions)
+            study_id = claim_next(self.sessions, self.worker_id, self.lease_seconds)
             if study_id is None:
                 self._housekeep()
                 self.idle.set()
@@ -157,8 +186,30 @@ class JobWorker(threading.Thread):
             self.idle.clear()
             self.process(study_id)
 
+    def _heartbeat(self, study_id: int, done: threading.Event) -> None:
+        """Renew the lease on ``study_id`` until ``done`` (every third of the lease, at most every 5 s)."""
+        every = min(5.0, (self.lease_seconds or 15.0) / 3)
+        while not done.wait(every):
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(update(Study).where(Study.id == study_id, Study.claimed_by == self.worker_id,
+                                                        Study.status == StudyStatus.RUNNING)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the analysis goes on
+                log.warning("study %d: lease not renewed", study_id)
+
     def process(self, study_id: int) -> None:
-        """Analyse one claimed study and store the outcome."""
+        """Analyse one claimed study (renewing its lease meanwhile) and store the outcome."""
+        beating = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(study_id, beating), daemon=True)
+        beat.start()
+        try:
+            self._process(study_id)
+        finally:
+            beating.set()
+            beat.join(10)
+
+    def _process(self, study_id: int) -> None:
         with self.sessions() as session:
             study = session.get(Study, study_id)
             if study is None:  # deleted meanwhile
@@ -196,8 +247,15 @@ class JobWorker(threading.Thread):
             log.exception("study %d: internal error", study_id)
             values.update(status=StudyStatus.FAILED, error=f"internal error ({type(error).__name__}); the upload is kept")
         values["finished_at"] = utcnow()  # when the outcome is known, not when the job started
-        with self.sessions.begin() as session:
-            session.execute(update(Study).where(Study.id == study_id).values(**values))
+        with self.sessions.begin() as session:  # only the holder of the claim stores the outcome
+            stored = session.execute(update(Study).where(Study.id == study_id, Study.claimed_by == self.worker_id,
+                                                         Study.status == StudyStatus.RUNNING)
+                                     .values(**values)).rowcount
+        if not stored:
+            log.warning("study %d: another worker holds it now; this outcome is dropped", study_id)
+            return
+        record(self.sessions, "analysed", study_id=study_id, via="worker",
+               detail=f"{values['status'].value} by {self.worker_id}")
         if done is not None and self.on_done is not None:
             try:
                 self.on_done(study_id, *done)

@@ -186,10 +186,10 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     def _version() -> dict:
         return {"strokescan_version": __version__}
 
-    requeued = requeue_interrupted(sessions)
-    if requeued:
-        log.info("%d interrupted analyses queued again", requeued)
-    if settings.start_worker:
+    if settings.start_worker:  # the embedded worker is the only one: what is running was interrupted
+        requeued = requeue_interrupted(sessions)
+        if requeued:
+            log.info("%d interrupted analyses queued again", requeued)
         worker = JobWorker(sessions, settings.instance_dir, settings.predictor_factory, settings.show_identifiers,
                            housekeeping=lambda: purge_expired(app),
                            housekeeping_seconds=settings.housekeeping_seconds)
