@@ -6,6 +6,10 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,14 +28,15 @@ from strokescan.app.web.db import InstanceStatus, ReceivedInstance, Study, Study
 
 
 class Collector:
-    """A tiny Storage SCP on 127.0.0.1 standing in for the PACS: keeps what it receives."""
+    """A tiny Storage SCP on 127.0.0.1 standing in for the PACS: keeps what it receives (over TLS with
+    ``ssl_context``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.received: list[pydicom.Dataset] = []
         ae = AE(ae_title="PACS")
         for cx in StoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
@@ -45,11 +50,15 @@ class Collector:
         self.server.shutdown()
 
 
-def send(port: int, datasets, calling: str = "SCANNER", aet: str = "STROKESCAN") -> list[int]:
+def send(port: int, datasets, calling: str = "SCANNER", aet: str = "STROKESCAN",
+         tls: ssl.SSLContext | None = None, bind: str | None = None) -> list[int]:
+    """C-STORE ``datasets`` on one association (over TLS with ``tls``; from the address ``bind``); [] when the
+    association is refused."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet, tls_args=None if tls is None else (tls, "127.0.0.1"),
+                         bind_address=None if bind is None else (bind, 0))
     if not assoc.is_established:
         return []
     try:
@@ -293,3 +302,213 @@ def test_fhir_bundle_per_series_without_patient_identity(peers, server, tmp_path
         next(o for o in resources(json.loads(b), "Observation") if o["code"]["coding"][0]["code"] ==
              "hemorrhage-probability")["valueQuantity"]["value"] for b in bodies)
     assert probabilities == sorted(round(s.probability, 4) for s in studies(listener))
+
+
+# ---- issue 30: who may call (AE title and host), retention of the received copies, DICOM TLS --------------------
+def listener_log_on(caplog, monkeypatch, level: int = logging.INFO) -> None:
+    """Capture the listener's lines (a library's logging.config call earlier in the session can disable them)."""
+    caplog.set_level(level)
+    listener_log = logging.getLogger("strokescan.app.integration.listener")
+    monkeypatch.setattr(listener_log, "disabled", False)
+    monkeypatch.setattr(listener_log, "propagate", True)
+
+
+def test_allow_rules_by_ae_title_and_host():
+    from strokescan.app.integration.listener import AllowRule, allow_refusal
+
+    rules = [AllowRule.parse(t) for t in ("PACS", "CT1@127.0.0.1", "*@10.1.0.0/16", "CT6@::1")]
+    assert allow_refusal(rules, "PACS", "192.0.2.7") is None  # an AE title alone: from any host
+    assert allow_refusal(rules, "CT1", "127.0.0.1") is None
+    assert allow_refusal(rules, "CT1", "::ffff:127.0.0.1") is None  # IPv4-mapped IPv6
+    assert allow_refusal(rules, "CT1", "127.0.0.2") == "host not allowed for this calling AE title by --allow"
+    assert allow_refusal(rules, "ANYONE", "10.1.200.3") is None  # *@network: any AE title from there
+    assert allow_refusal(rules, "CT6", "::1") is None and allow_refusal(rules, "CT6", "127.0.0.1") is not None
+    assert allow_refusal(rules, "INTRUDER", "127.0.0.1") == "calling AE title not in --allow (nor its host)"
+    assert allow_refusal(rules[:2], "INTRUDER", "127.0.0.1") == "calling AE title not in --allow"
+    assert allow_refusal([], "ANYONE", "203.0.113.1") is None  # no --allow: anyone
+    localhost = AllowRule.parse("CT2@localhost")  # a name, resolved when parsed
+    assert localhost.accepts_host("127.0.0.1") or localhost.accepts_host("::1")
+    for bad in ("", "@127.0.0.1", "CT1@", "A" * 17, "CT1@no-such-host.invalid"):
+        with pytest.raises(ValueError):
+            AllowRule.parse(bad)
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is not installed")
+def test_allow_by_host_storescu_from_127_0_0_1_accepted_other_host_refused(peers, tmp_path: Path, caplog,
+                                                                            monkeypatch):
+    start, _ = peers
+    listener_log_on(caplog, monkeypatch, logging.WARNING)
+    # nothing is analysed here: a long quiet time, and no worker
+    listener = start(allowed_calling_aets=("SCANNER@127.0.0.1", "PACS@127.0.0.0/30"), quiet_seconds=600,
+                     run_worker=False)
+    slice_file = tmp_path / "slice.dcm"
+    ge_datasets()[0].save_as(slice_file, enforce_file_format=True)
+
+    def storescu(calling: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["storescu", "-aet", calling, "-aec", "STROKESCAN", "127.0.0.1", str(listener.port),
+                               str(slice_file)], capture_output=True, text=True, timeout=60)
+
+    assert storescu("SCANNER").returncode == 0  # SCANNER from 127.0.0.1: allowed
+    assert len(listener.inbox.series()) == 1 and "refused" not in caplog.text
+    # SCANNER from another host (127.0.0.2 is another address of this machine): refused, one line
+    assert send(listener.port, ge_datasets()[1:2], calling="SCANNER", bind="127.0.0.2") == []
+    # PACS from 127.0.0.2: inside its network 127.0.0.0/30, allowed
+    assert send(listener.port, ge_datasets()[1:2], calling="PACS", bind="127.0.0.2") == [0]
+    assert storescu("INTRUDER").returncode != 0  # an AE title in no entry: refused from anywhere
+    wait_for(lambda: caplog.text.count("refused") >= 2, 10, "two refusal lines")
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "'SCANNER' at 127.0.0.2 refused: host not allowed for this calling AE title by --allow" in lines[0]
+    assert "'INTRUDER' at 127.0.0.1 refused: calling AE title not in --allow" in lines[1]
+    assert len(listener.inbox.instances(listener.inbox.series()[0])) == 2
+
+
+def _fake_series(inbox: Path, name: str, delivered_days_ago: float | None, *extra: str) -> Path:
+    """A series folder as the listener leaves it: instances, results, and sent.json when delivered."""
+    folder = inbox / name
+    (folder / "instances").mkdir(parents=True)
+    (folder / "results").mkdir()
+    for i in range(3):
+        (folder / "instances" / f"{i}.dcm").write_bytes(b"copy with identifiers")
+    (folder / "results" / "sr.dcm").write_bytes(b"result with identifiers")
+    (folder / "results" / "notes.json").write_text("{}")
+    if delivered_days_ago is not None:
+        at = time.time() - delivered_days_ago * 86400
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        (folder / "sent.json").write_text(json.dumps({"study_id": 1, "at": stamp, "files": ["sr.dcm"]}))
+        os.utime(folder / "sent.json", (at, at))
+    for marker in extra:
+        (folder / marker).write_text("{}")
+    return folder
+
+
+def test_retention_purges_only_delivered_series_past_keep_days(tmp_path: Path, caplog, monkeypatch):
+    from strokescan.app.integration.listener import INBOX, Listener, ListenerSettings
+
+    listener_log_on(caplog, monkeypatch)
+    instance = tmp_path / "instance"
+    inbox = instance / INBOX
+    old = _fake_series(inbox, "a" * 24, 8)
+    recent = _fake_series(inbox, "b" * 24, 6)
+    pending = _fake_series(inbox, "c" * 24, None)
+    failed = _fake_series(inbox, "d" * 24, None, "failed.json", "delivery.json")
+    grown = _fake_series(inbox, "e" * 24, 30, "grown")  # delivered, then grew: to be analysed again first
+    listener = Listener(ListenerSettings(instance_dir=instance, database_url=f"sqlite:///{instance / 'db.sqlite'}",
+                                         keep_days=7, run_worker=False))
+    assert listener.purge() == 1
+    assert not (old / "instances").exists() and not (old / "results" / "sr.dcm").exists()
+    assert (old / "sent.json").exists() and (old / "results" / "notes.json").exists()
+    assert json.loads((old / "purged.json").read_text())["instances"] == 3
+    for kept in (recent, pending, failed, grown):
+        assert len(list((kept / "instances").glob("*.dcm"))) == 3 and (kept / "results" / "sr.dcm").exists()
+    assert listener.purge() == 0  # once
+    assert listener.purge(now=time.time() + 1.5 * 86400) == 1 and not (recent / "instances").exists()
+    lines = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("series aaaaaaaa: retention: 3 received instance(s) and 1 ")
+    for kept in (pending, failed, grown):
+        assert (kept / "instances").is_dir()
+
+
+def test_keep_days_0_deletes_a_delivered_series_copies_and_keeps_an_undelivered_one(peers, caplog, monkeypatch):
+    start, collector = peers
+    listener_log_on(caplog, monkeypatch)
+    listener = start(keep_days=0, max_attempts=1)
+    delivered = new_series(ge_datasets(), 6)
+    assert send(listener.port, delivered) == [0] * 6
+    (folder,) = listener.inbox.series()
+    wait_for(lambda: (folder / "purged.json").exists(), 150, "the delivered series to be purged")
+    assert (folder / "sent.json").exists() and len(collector.received) == 3
+    assert not (folder / "instances").exists() and not list(folder.glob("results*/*.dcm"))
+    # the destination goes away: the next series is not delivered (given up after one attempt) and stays
+    collector.stop()
+    undelivered = new_series(ge_datasets(), 6)
+    assert send(listener.port, undelivered) == [0] * 6
+    other = next(f for f in listener.inbox.series() if f != folder)
+    wait_for(lambda: (other / "failed.json").exists(), 150, "the second series to be given up")
+    time.sleep(1.0)  # a few sweeps
+    assert len(listener.inbox.instances(other)) == 6 and not (other / "purged.json").exists()
+    assert [r.getMessage() for r in caplog.records if "retention" in r.getMessage()] == [
+        f"series {folder.name[:8]}: retention: 6 received instance(s) and 3 result object(s) deleted, 0.0 day(s) "
+        "after delivery (--keep-days 0)"]
+    for ds in (*delivered, *undelivered):
+        for value in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(ds.PatientID)):
+            assert value not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate (both signed by it), and a second CA
+    that signed nothing here; made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=strokescan test {name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", *(("-extfile", "san.ext") if name == "server" else ()))
+    return {p.stem if p.suffix == ".pem" else p.name: p for p in folder.iterdir()}
+
+
+def _client_tls(certificates: dict[str, Path], with_certificate: bool = True) -> ssl.SSLContext:
+    from strokescan.app.integration.listener import client_tls_context
+
+    return client_tls_context(certificates["ca"], certificates["client"] if with_certificate else None,
+                              certificates["client.key"] if with_certificate else None)
+
+
+def test_tls_client_certificates_required_and_refusals_logged(peers, certificates, caplog, monkeypatch):
+    start, _ = peers
+    listener_log_on(caplog, monkeypatch)
+    listener = start(tls_cert=certificates["server"], tls_key=certificates["server.key"], tls_ca=certificates["ca"],
+                     quiet_seconds=600, run_worker=False)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKESCAN",
+                         tls_args=(_client_tls(certificates), "127.0.0.1"))
+    assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+    assert send(listener.port, ge_datasets()[:2], tls=_client_tls(certificates)) == [0, 0]
+    assert len(listener.inbox.instances(listener.inbox.series()[0])) == 2
+    assert send(listener.port, ge_datasets()[2:3], tls=_client_tls(certificates, with_certificate=False)) == []
+    assert send(listener.port, ge_datasets()[2:3]) == []  # no TLS at all
+    # a client that does not trust the server's CA gives up itself
+    other = ssl.create_default_context(cafile=str(certificates["other-ca"]))
+    assert send(listener.port, ge_datasets()[2:3], tls=other) == []
+    wait_for(lambda: caplog.text.count("TLS connection from 127.0.0.1 refused") >= 3, 10, "three TLS refusals")
+    assert "listening as STROKESCAN" in caplog.text and "client certificates required" in caplog.text
+    assert len(listener.inbox.instances(listener.inbox.series()[0])) == 2
+    # the listener still serves after the refusals
+    assert send(listener.port, ge_datasets()[2:3], tls=_client_tls(certificates)) == [0]
+
+
+def test_tls_in_and_out(peers, certificates):
+    """A series in over TLS (with a client certificate), results out over TLS to a destination that requires ours."""
+    from strokescan.app.integration.listener import Destination, send_datasets, server_tls_context
+
+    start, _ = peers
+    pacs = Collector(ssl_context=server_tls_context(certificates["server"], certificates["server.key"],
+                                                    ca=certificates["ca"]))
+    try:
+        destination = Destination("127.0.0.1", pacs.port, "PACS")
+        # the destination's certificate is checked: another CA, or no TLS, and nothing is sent
+        assert send_datasets(ge_datasets()[:1], destination, tls=_client_tls(certificates)) == [0]
+        assert send_datasets(ge_datasets()[:1], destination, timeout_s=5,
+                             tls=ssl.create_default_context(cafile=str(certificates["other-ca"]))) == [-1]
+        pacs.received.clear()
+        listener = start(tls_cert=certificates["server"], tls_key=certificates["server.key"],
+                         tls_ca=certificates["ca"], dest_tls_ca=certificates["ca"], destination=destination)
+        series = new_series(ge_datasets(), 6)
+        assert send(listener.port, series, tls=_client_tls(certificates)) == [0] * 6
+        (folder,) = listener.inbox.series()
+        wait_for(lambda: (folder / "sent.json").exists(), 150, "the results to be sent over TLS")
+        assert sorted(str(ds.Modality) for ds in pacs.received) == ["OT", "SEG", "SR"]
+    finally:
+        pacs.stop()

@@ -32,6 +32,14 @@ Design (docs/integration.md):
   (``<series>/grown``); once it is quiet again it is analysed again and its results are sent as a new version
   (new UIDs; the SR lists the earlier SRs as predecessors; the earlier objects stay in ``results-v<n>/``).
   An SR says PARTIAL when slices are known to be missing (gaps in position or instance number).
+* **Retention.** The received copies (and the result objects kept for a resend) carry patient identifiers:
+  ``keep_days`` after a series was delivered (``sent.json``), the sweep deletes them and writes
+  ``<series>/purged.json`` (0: at the first sweep after delivery). Series not delivered (pending, failed,
+  skipped) are never purged.
+* **Who may call.** ``--allow`` entries are ``AET``, ``AET@HOST`` or ``*@HOST`` (HOST: an address, a network
+  in CIDR notation, or a name resolved at start); an association matching none is rejected with one log line.
+* **TLS** (optional): the server's certificate and key (``--tls-cert``, ``--tls-key``), client certificates
+  required when ``--tls-ca`` is given; ``--dest-tls-ca`` makes the outgoing association TLS too.
 * **Log lines** name a series by its hash and the calling AE title, never a patient identifier or a UID.
 """
 
@@ -41,10 +49,14 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import re
+import shutil
+import socket
+import ssl
 import sys
 import warnings
 import threading
@@ -149,6 +161,115 @@ class Destination:
         return cls(host, int(port), aet)
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(host: str) -> tuple[IPNetwork, ...]:
+    """The networks ``host`` names: an address, a CIDR network, or a host name (resolved now, every address)."""
+    with contextlib.suppress(ValueError):
+        return (ipaddress.ip_network(host, strict=False),)
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        raise ValueError(f"--allow: cannot resolve host {host!r}") from None
+    return tuple(sorted({ipaddress.ip_network(info[4][0]) for info in infos}, key=str))
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address (an IPv4-mapped IPv6 one as IPv4), or None when it is not an IP address."""
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One ``--allow`` entry: ``AET`` (from any host), ``AET@HOST`` or ``*@HOST`` (any AE title from HOST)."""
+
+    ae_title: str | None  # None: any calling AE title
+    networks: tuple[IPNetwork, ...] | None = None  # None: any host
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        aet, at, host = text.strip().partition("@")
+        aet = aet.strip()
+        if not aet or (at and not host.strip()) or len(aet) > 16:
+            raise ValueError(f"--allow {text!r}: expected AET, AET@HOST or *@HOST")
+        return cls(None if aet == "*" else aet, _networks(host.strip()) if at else None)
+
+    def accepts_ae(self, calling: str) -> bool:
+        return self.ae_title is None or self.ae_title == calling
+
+    def accepts_host(self, address: str) -> bool:
+        if self.networks is None:
+            return True
+        peer = _address(address)
+        return peer is not None and any(peer.version == n.version and peer in n for n in self.networks)
+
+
+def allow_refusal(rules: Sequence[AllowRule], calling: str, address: str) -> str | None:
+    """Why an association from ``calling`` at ``address`` is refused by ``rules`` (None: accepted; no rules:
+    anyone)."""
+    if not rules or any(r.accepts_ae(calling) and r.accepts_host(address) for r in rules):
+        return None
+    if any(r.ae_title == calling for r in rules):
+        return "host not allowed for this calling AE title by --allow"
+    return "calling AE title not in --allow" + (" (nor its host)" if any(r.ae_title is None for r in rules) else "")
+
+
+class _ServerTLSContext(ssl.SSLContext):
+    """The server's TLS context: the handshake is done at once with a time limit, and a failed one is logged in
+    one line (pynetdicom wraps each accepted socket in its accept loop and drops a failure silently)."""
+
+    handshake_timeout: float = 10.0
+
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, suppress_ragged_eofs=True,
+                    server_hostname=None, session=None):  # noqa: ANN001, ANN201 - ssl.SSLContext's signature
+        try:
+            peer = sock.getpeername()[0]
+        except OSError:
+            peer = "?"
+        sock.settimeout(self.handshake_timeout)
+        wrapped = super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
+                                      suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=server_hostname,
+                                      session=session)
+        try:
+            wrapped.do_handshake()
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("TLS connection from %s refused: %s", peer, why)
+            with contextlib.suppress(OSError):
+                wrapped.close()
+            raise
+        wrapped.settimeout(None)
+        return wrapped
+
+
+def server_tls_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2 or later with our certificate; with ``ca``, clients must present a certificate it signed."""
+    ctx = _ServerTLSContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if ca is not None:
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2 or later to a server whose certificate ``ca`` signed (its name or address checked); ``cert`` and
+    ``key``: our certificate, for a server that requires one."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 @dataclass
 class ListenerSettings:
     instance_dir: Path  # the web app's instance folder: the inbox lives in it, study paths are relative to it
@@ -156,7 +277,7 @@ class ListenerSettings:
     ae_title: str = "STROKESCAN"
     host: str = "127.0.0.1"
     port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
+    allowed_calling_aets: tuple[str, ...] = ()  # AET, AET@HOST or *@HOST (AllowRule); empty: anyone
     quiet_seconds: float = 3.0
     destination: Destination | None = None
     fhir: FhirSettings | None = None
@@ -165,6 +286,11 @@ class ListenerSettings:
     max_retry_seconds: float = 600.0
     max_attempts: int = 10  # then the series is given up (failed.json)
     run_worker: bool = True  # run a JobWorker here (with the result hook); else another process analyses
+    keep_days: float = 7.0  # received copies are deleted this long after their series was delivered (0: at once)
+    tls_cert: Path | None = None  # with tls_key: the server speaks TLS only
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # clients must present a certificate this CA signed
+    dest_tls_ca: Path | None = None  # TLS to the destination, whose certificate this CA signed
     predictor_factory: Callable[[], Predictor] = field(default=lambda: Predictor(segment=True))
 
 
@@ -219,6 +345,11 @@ class Listener:
 
     def __init__(self, settings: ListenerSettings) -> None:
         self.settings = settings
+        if settings.keep_days < 0:
+            raise ValueError("--keep-days must be 0 or more")
+        if (settings.tls_cert is None) != (settings.tls_key is None) or (settings.tls_ca and not settings.tls_cert):
+            raise ValueError("TLS needs both --tls-cert and --tls-key (and --tls-ca only with them)")
+        self.allow = [AllowRule.parse(text) for text in settings.allowed_calling_aets]
         self.instance_dir = settings.instance_dir.resolve()
         self.inbox = Inbox(self.instance_dir / INBOX)
         upgrade_database(settings.database_url)
@@ -236,6 +367,7 @@ class Listener:
         self.worker: JobWorker | None = None
         self._lock_file = None
         self._sweep_predictor: Predictor | None = None
+        self._purge_at: dict[Path, tuple[float, float]] = {}  # series folder -> (sent.json's mtime, purge time)
         self._started = time.time()
 
     # ---- life cycle -------------------------------------------------------------------------------------------
@@ -264,15 +396,19 @@ class Listener:
         ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        if self.settings.allowed_calling_aets:
-            ae.require_calling_aet = list(self.settings.allowed_calling_aets)
         ae.require_called_aet = True  # an association addressed to another AE title is refused
+        # the calling AE title and host are checked by _handle_requested (--allow), not by require_calling_aet
         handlers = [(evt.EVT_C_ECHO, lambda _event: SUCCESS), (evt.EVT_C_STORE, self._handle_store),
-                    (evt.EVT_REJECTED, self._handle_rejected), (evt.EVT_RELEASED, self._handle_closed),
-                    (evt.EVT_ABORTED, self._handle_closed), (evt.EVT_CONN_CLOSE, self._handle_closed)]
-        self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
+                    (evt.EVT_REQUESTED, self._handle_requested), (evt.EVT_REJECTED, self._handle_rejected),
+                    (evt.EVT_RELEASED, self._handle_closed), (evt.EVT_ABORTED, self._handle_closed),
+                    (evt.EVT_CONN_CLOSE, self._handle_closed)]
+        tls = (server_tls_context(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)
+               if self.settings.tls_cert else None)
+        self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+                                       ssl_context=tls)
         self.port = self._server.server_address[1]
-        log.info("listening as %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+        log.info("listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
+                 "" if tls is None else " (TLS" + (", client certificates required)" if self.settings.tls_ca else ")"))
 
     def stop(self) -> None:
         """Stop receiving, then the monitor and the worker (idempotent)."""
@@ -292,19 +428,32 @@ class Listener:
             lock.close()
 
     # ---- associations -----------------------------------------------------------------------------------------
+    def _handle_requested(self, event) -> None:
+        """Reject an association --allow does not accept (calling AE title and host), with one log line."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        if called != self.settings.ae_title.strip():
+            return  # pynetdicom rejects it (require_called_aet); _handle_rejected logs it
+        why = allow_refusal(self.allow, calling, str(assoc.requestor.address))
+        if why is None:
+            return
+        log.warning("association from %r at %s refused: %s", calling, assoc.requestor.address, why)
+        assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, by the service user: calling AE not recognised
+        assoc.kill()
+
     def _handle_rejected(self, event) -> None:
-        """One log line per refused association: who called, from where, and why (AE titles, not patient data)."""
+        """One log line per association pynetdicom refused: who called, from where, and why (AE titles, not patient
+        data)."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         calling = str(getattr(primitive, "calling_ae_title", "") or assoc.requestor.ae_title).strip()
         called = str(getattr(primitive, "called_ae_title", "") or "").strip()
-        allowed = self.settings.allowed_calling_aets
         if called != self.settings.ae_title.strip():
             why = f"called AE title {called!r} is not {self.settings.ae_title!r}"
-        elif allowed and calling not in allowed:
-            why = "calling AE title not in --allow"
         else:
-            why = "too many associations"
+            why = allow_refusal(self.allow, calling, str(assoc.requestor.address)) or "too many associations"
         log.warning("association from %r at %s refused: %s", calling, assoc.requestor.address, why)
 
     def _handle_closed(self, event) -> None:
@@ -359,7 +508,8 @@ class Listener:
             return MISSING_ATTRIBUTES
         folder = self.inbox.series_dir(uids[0], uids[1])
         self._note(event, folder)
-        queued = self._rel(folder) in self._queued
+        # a series whose copies were purged after delivery and that is sent again is analysed again (a new version)
+        queued = self._rel(folder) in self._queued or (folder / "purged.json").exists()
         resent = (folder / "instances" / f"{hashed(uids[2])}.dcm").exists()
         try:
             data = event.encoded_dataset(include_meta=True)
@@ -526,6 +676,7 @@ class Listener:
                 self._sweep_one(folder)
             except Exception as exc:  # noqa: BLE001 - one series must never stop the sweep
                 self._record_failure(folder, f"internal error ({type(exc).__name__})")
+        self.purge()
 
     def _sweep_one(self, folder: Path) -> None:
         rel = self._rel(folder)
@@ -553,6 +704,77 @@ class Listener:
             log.info("series %s: skipped: %s", folder.name[:8], study.error)
         elif study.status == StudyStatus.DONE and self._may_recover(study) and self._retry_due(folder):
             self._send_unsent(folder, study.id)
+
+    # ---- retention: the received copies carry patient identifiers ---------------------------------------------------
+    def _purge_due(self, folder: Path) -> float | None:
+        """When the series' copies may be deleted: ``keep_days`` after its delivery (None: not delivered, or not
+        to be purged now: failed, grown, being received or analysed again)."""
+        sent = folder / "sent.json"
+        if (folder / "failed.json").exists() or (folder / "grown").exists():
+            return None
+        try:
+            mtime = sent.stat().st_mtime
+        except OSError:
+            return None  # not delivered (pending, failed or skipped): never purged
+        cached = self._purge_at.get(folder)
+        if cached is None or cached[0] != mtime:
+            delivered = mtime
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+                delivered = datetime.fromisoformat(str(json.loads(sent.read_text())["at"]).replace(
+                    "Z", "+00:00")).timestamp()
+            cached = self._purge_at[folder] = (mtime, delivered + self.settings.keep_days * 86400.0)
+        with self._assoc_lock:
+            if self._open.get(folder):
+                return None
+        return cached[1]
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete the received copies (and the kept result objects) of every series delivered ``keep_days`` ago or
+        more; ``<series>/purged.json`` records it, one log line per series. Returns how many series."""
+        now = time.time() if now is None else now
+        purged = 0
+        for folder in self.inbox.series():
+            due = self._purge_due(folder)
+            if due is None or now < due:
+                continue
+            with self._send_lock:  # never while its results are built or sent
+                due = self._purge_due(folder)
+                if due is None or now < due or not (folder / "sent.json").exists():
+                    continue
+                study = self._study_of(folder)
+                if study is not None and study.status in (StudyStatus.QUEUED, StudyStatus.RUNNING):
+                    continue
+                try:
+                    n_instances, n_results = self._delete_copies(folder)
+                except OSError as exc:
+                    log.warning("series %s: retention: copies not deleted (%s)", folder.name[:8], type(exc).__name__)
+                    continue
+            self._purge_at.pop(folder, None)
+            self._expected.pop(folder, None)
+            purged += 1
+            log.info("series %s: retention: %d received instance(s) and %d result object(s) deleted, %.1f day(s) "
+                     "after delivery (--keep-days %g)", folder.name[:8], n_instances, n_results,
+                     max(0.0, now - (due - self.settings.keep_days * 86400.0)) / 86400.0, self.settings.keep_days)
+        return purged
+
+    @staticmethod
+    def _delete_copies(folder: Path) -> tuple[int, int]:
+        """Delete ``instances/``, ``incoming/`` and the result objects' files (``.dcm``) of one series, then write
+        ``purged.json``; the small records (series.json, sent.json, notes.json, delivery state) stay."""
+        instances = folder / "instances"
+        n_instances = len(list(instances.glob("*.dcm")))
+        doomed = folder / f".purging-{time.monotonic_ns()}"
+        os.replace(instances, doomed)  # at once out of the inbox's series (a store now makes a new folder)
+        shutil.rmtree(doomed)
+        shutil.rmtree(folder / "incoming", ignore_errors=True)
+        n_results = 0
+        for results in [folder / "results", *folder.glob("results-v*")]:
+            for path in results.glob("*.dcm"):
+                path.unlink()
+                n_results += 1
+        write_durably(folder / "purged.json", json.dumps(
+            {"at": _now(), "instances": n_instances, "result_objects": n_results}).encode())
+        return n_instances, n_results
 
     # ---- failures: recorded once, retried with a backoff, then given up --------------------------------------------
     def _delivery_state(self, folder: Path) -> dict:
@@ -715,6 +937,11 @@ class Listener:
                     log.warning("series %s: FHIR delivery failed (%s)", folder.name[:8], exc)
             self._send_files(folder, study_id, paths)
 
+    def _dest_tls(self) -> ssl.SSLContext | None:
+        """The TLS context of the association to the destination (our certificate too, when we have one)."""
+        s = self.settings
+        return None if s.dest_tls_ca is None else client_tls_context(s.dest_tls_ca, s.tls_cert, s.tls_key)
+
     def _send_files(self, folder: Path, study_id: int, paths: list[Path]) -> None:
         destination = self.settings.destination
         if destination is None:
@@ -722,7 +949,7 @@ class Listener:
                 {"study_id": study_id, "destination": None, "at": _now(), "files": [p.name for p in paths]}).encode())
             return
         datasets = [pydicom.dcmread(p) for p in paths]
-        statuses = send_datasets(datasets, destination, self.settings.ae_title)
+        statuses = send_datasets(datasets, destination, self.settings.ae_title, tls=self._dest_tls())
         if all(s in STORED for s in statuses):
             write_durably(folder / "sent.json", json.dumps(
                 {"study_id": study_id, "destination": f"{destination.ae_title}@{destination.host}:{destination.port}",
@@ -747,14 +974,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def send_datasets(datasets: Sequence[Dataset], destination: Destination, calling_ae: str = "STROKESCAN",
-                  timeout_s: float = 30.0) -> list[int]:
-    """C-STORE each dataset to ``destination`` on one association; returns the statuses (-1: no answer)."""
+                  timeout_s: float = 30.0, tls: ssl.SSLContext | None = None) -> list[int]:
+    """C-STORE each dataset to ``destination`` on one association (over TLS with ``tls``, the certificate checked
+    against the destination's host); returns the statuses (-1: no answer)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [str(ds.file_meta.TransferSyntaxUID) for ds in datasets
                                              if str(ds.SOPClassUID) == sop_class][:1] + ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=None if tls is None else (tls, destination.host))
     if not assoc.is_established:
         return [-1] * len(datasets)
     statuses = []
@@ -775,6 +1004,8 @@ _CONVERT: dict[str, Callable[[object], object]] = {
     "dest": lambda v: Destination.parse(str(v)), "fhir_dir": lambda v: Path(str(v)),
     "instance_dir": lambda v: Path(str(v)), "model": lambda v: Path(str(v)), "segmenter": lambda v: Path(str(v)),
     "fhir_token_file": lambda v: Path(str(v)), "allow": lambda v: [str(x) for x in (v if isinstance(v, list) else [v])],
+    "keep_days": float, "tls_cert": lambda v: Path(str(v)), "tls_key": lambda v: Path(str(v)),
+    "tls_ca": lambda v: Path(str(v)), "dest_tls_ca": lambda v: Path(str(v)),
 }
 
 
@@ -786,8 +1017,10 @@ def add_listen_arguments(p: argparse.ArgumentParser) -> None:
                    help="our AE title; an association addressed to another one is refused")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=11112)
-    p.add_argument("--allow", action="append", default=[], metavar="AET",
-                   help="accept only these calling AE titles (repeat; default: any); a refusal is logged")
+    p.add_argument("--allow", action="append", default=[], metavar="AET[@HOST]",
+                   help="accept only these callers (repeat; default: anyone): AET from any host, AET@HOST, or *@HOST "
+                   "(any AE title from HOST); HOST: an address, a CIDR network or a name resolved at start. "
+                   "A refusal is logged in one line")
     p.add_argument("--quiet-seconds", type=float, default=3.0,
                    help="a series is complete when its associations are closed and nothing arrived for this long "
                    "(default 3)")
@@ -797,6 +1030,17 @@ def add_listen_arguments(p: argparse.ArgumentParser) -> None:
                    help="first wait before a failed delivery is tried again; doubles each time (default 5)")
     p.add_argument("--max-retry-seconds", type=float, default=600.0, help="longest wait between tries (default 600)")
     p.add_argument("--max-attempts", type=int, default=10, help="tries before a series is given up (default 10)")
+    p.add_argument("--keep-days", type=float, default=7.0, metavar="N",
+                   help="delete the received copies of a series (they carry patient identifiers) and its kept result "
+                   "objects N days after it was delivered (default 7; 0: as soon as it is delivered). Series not "
+                   "delivered are never deleted")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate (chain): accept DICOM TLS only")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="require client certificates signed by these CA certificates")
+    p.add_argument("--dest-tls-ca", type=Path, metavar="PEM",
+                   help="send to --dest over TLS, checking its certificate (and its host name or address) against "
+                   "these CA certificates; --tls-cert/--tls-key, when given, are our client certificate")
     p.add_argument("--fhir-url", help="POST a FHIR R4 DiagnosticReport bundle to this base URL")
     p.add_argument("--fhir-dir", type=Path, help="write the FHIR bundles to this folder")
     p.add_argument("--fhir-token-file", type=Path,
@@ -858,7 +1102,8 @@ def settings_from_args(args: argparse.Namespace) -> ListenerSettings:
         instance_dir=instance_dir, database_url=url, ae_title=args.ae_title, host=args.host, port=args.port,
         allowed_calling_aets=tuple(args.allow), quiet_seconds=args.quiet_seconds, destination=args.dest, fhir=fhir,
         run_worker=not args.no_worker, retry_seconds=args.retry_seconds, max_retry_seconds=args.max_retry_seconds,
-        max_attempts=args.max_attempts,
+        max_attempts=args.max_attempts, keep_days=args.keep_days, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_ca=args.tls_ca, dest_tls_ca=args.dest_tls_ca,
         predictor_factory=lambda: Predictor(model, segmenter_dir=segmenter, segment=True),
     )
 
