@@ -126,3 +126,51 @@ def test_no_api_operation_answers_5xx_or_a_traceback(fuzz_app, path, method, op,
     run()
     assert "Traceback" not in caplog.text and not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
     assert statuses  # the operation was exercised
+
+
+_WEB_SKIP = {"/logout", "/static/<path:filename>"}
+WEB_RULES = None
+
+
+def _web_rules(app) -> list[tuple[str, str]]:
+    return sorted((rule.rule, method) for rule in app.url_map.iter_rules()
+                  if not rule.rule.startswith("/api/") and rule.rule not in _WEB_SKIP
+                  for method in rule.methods - {"HEAD", "OPTIONS"})
+
+
+_form_fields = ["username", "password", "verdict", "note", "gcs", "age", "ivh", "infratentorial", "volume_ml",
+                "current", "new", "again", "action", "role", "retention_days"]
+
+
+def test_no_page_or_form_answers_5xx(fuzz_app, caplog):
+    """Every page and form of the web app, logged in as admin (with a valid CSRF token), with fuzzed path
+    parameters, query strings and form fields: no 5xx."""
+    app, _tokens = fuzz_app
+    client = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    assert client.post("/login", data={"username": "admin", "password": "admin-password-1",
+                                       "csrf_token": csrf}).status_code == 302
+    rules = [(r, m) for r, m in _web_rules(app) if r != "/login"]
+    caplog.set_level(logging.INFO)
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(rules), st.data())
+    def run(rule_method, data):
+        rule, method = rule_method
+        url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(data.draw(_ids if "id" in m.group(1) or "index" in m.group(1)
+                                                                   else st.text(min_size=1, max_size=12).map(
+                                                                       lambda t: quote(t, safe="")))), rule)
+        query = data.draw(st.dictionaries(st.sampled_from(["status", "flagged", "q", "page", "rows", "next"]),
+                                          st.text(max_size=30), max_size=3))
+        form = data.draw(st.dictionaries(st.sampled_from(_form_fields), st.text(max_size=40), max_size=6))
+        if method == "POST":
+            form["csrf_token"] = csrf
+        if "delete" in url and form.get("csrf_token"):
+            url = url.replace("/studies/1/", "/studies/2/")  # keep study 1 for the other pages
+        r = client.open(url, method=method, query_string=query, data=form if method == "POST" else None)
+        assert r.status_code < 500, (method, url, query, form, r.status_code)
+        assert b"Traceback" not in r.get_data()
+
+    run()
+    assert "Traceback" not in caplog.text and not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]

@@ -63,7 +63,7 @@ def create_study(session: Session, instance_dir: Path, parts: Iterable[tuple[str
     study = Study(label=label or "upload", kind=stored.kind, n_files=stored.n_files, uploaded_by=user_id,
                   upload_dir=str(stored.root.relative_to(instance_dir)),
                   analyse_path=str(stored.analyse_path.relative_to(instance_dir)), status=StudyStatus.QUEUED,
-                  identifiers_json=json.dumps(identifiers) if identifiers else None)
+                  identifiers_json=json.dumps(identifiers, ensure_ascii=False) if identifiers else None)
     session.add(study)
     session.flush()
     if label is None:
