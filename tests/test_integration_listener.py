@@ -47,7 +47,10 @@ class Collector:
         return 0x0000
 
     def stop(self) -> None:
-        self.server.shutdown()
+        """Stop receiving (idempotent)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
 
 
 def send(port: int, datasets, calling: str = "SCANNER", aet: str = "STROKESCAN",
@@ -336,6 +339,8 @@ def test_allow_rules_by_ae_title_and_host():
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is not installed")
 def test_allow_by_host_storescu_from_127_0_0_1_accepted_other_host_refused(peers, tmp_path: Path, caplog,
                                                                             monkeypatch):
+    from strokescan.app.integration.listener import AllowRule
+
     start, _ = peers
     listener_log_on(caplog, monkeypatch, logging.WARNING)
     # nothing is analysed here: a long quiet time, and no worker
@@ -355,11 +360,15 @@ def test_allow_by_host_storescu_from_127_0_0_1_accepted_other_host_refused(peers
     # PACS from 127.0.0.2: inside its network 127.0.0.0/30, allowed
     assert send(listener.port, ge_datasets()[1:2], calling="PACS", bind="127.0.0.2") == [0]
     assert storescu("INTRUDER").returncode != 0  # an AE title in no entry: refused from anywhere
-    wait_for(lambda: caplog.text.count("refused") >= 2, 10, "two refusal lines")
+    # storescu itself from a host not in the list: SCANNER allowed only from 192.0.2.1 now
+    listener.allow = [AllowRule.parse("SCANNER@192.0.2.1")]
+    assert storescu("SCANNER").returncode != 0
+    wait_for(lambda: caplog.text.count("refused") >= 3, 10, "three refusal lines")
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert "'SCANNER' at 127.0.0.2 refused: host not allowed for this calling AE title by --allow" in lines[0]
     assert "'INTRUDER' at 127.0.0.1 refused: calling AE title not in --allow" in lines[1]
+    assert "'SCANNER' at 127.0.0.1 refused: host not allowed for this calling AE title by --allow" in lines[2]
     assert len(listener.inbox.instances(listener.inbox.series()[0])) == 2
 
 
