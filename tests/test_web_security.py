@@ -458,7 +458,8 @@ def test_patient_content_is_never_cached_and_the_csv_is_formula_safe(app):
               browser.get(f"/studies/{study_id}/overlays/hemorrhage/0.png"),
               api.get(f"/api/v1/studies/{study_id}/masks/0.png", headers=_auth(token)),
               api.get("/api/v1/studies", headers=_auth(token)), browser.get("/worklist/state")):
-        assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store", r.request.path
+        directives = {d.strip() for d in r.headers["Cache-Control"].split(",")}
+        assert r.status_code == 200 and directives == {"private", "no-store"}, r.request.path
         assert "Expires" not in r.headers
     notes = [row.split(",")[6] for row in browser.get("/feedback.csv").text.strip().splitlines()[1:]]
     assert notes[0].startswith("\"'=HYPERLINK") and notes[1] == "'@SUM(A1)"

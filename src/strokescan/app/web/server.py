@@ -149,7 +149,7 @@ def create_app(settings: WebSettings | None = None) -> Flask:
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         if not request.path.startswith("/static/"):  # pages, images, CSV, API: patient content, never cached
-            response.headers["Cache-Control"] = "no-store"
+            response.headers["Cache-Control"] = "private, no-store"
             response.headers.pop("Expires", None)
         return response
 
