@@ -521,3 +521,30 @@ def test_tls_in_and_out(peers, certificates):
         assert sorted(str(ds.Modality) for ds in pacs.received) == ["OT", "SEG", "SR"]
     finally:
         pacs.stop()
+
+
+def test_listen_toml_retention_allow_and_tls_keys(tmp_path: Path, certificates, capsys, monkeypatch):
+    import argparse
+    import signal
+
+    from strokescan.app.integration import listener as module
+    from strokescan.app.integration.listener import add_listen_arguments, run_listen, settings_from_args
+
+    monkeypatch.setattr(module, "setup_logging", lambda *_args: None)  # leave the test session's logging alone
+    monkeypatch.setattr(signal, "signal", lambda *_args: None)
+
+    config = tmp_path / "listen.toml"
+    config.write_text(f'[listen]\nkeep-days = 0\nallow = ["CT1@127.0.0.1", "*@10.0.0.0/8"]\n'
+                      f'tls-cert = "{certificates["server"]}"\ntls-key = "{certificates["server.key"]}"\n'
+                      f'tls-ca = "{certificates["ca"]}"\ndest-tls-ca = "{certificates["ca"]}"\n')
+    parser = argparse.ArgumentParser()
+    add_listen_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--config", str(config), "--instance-dir", str(tmp_path)]))
+    assert settings.keep_days == 0 and settings.allowed_calling_aets == ("CT1@127.0.0.1", "*@10.0.0.0/8")
+    assert (settings.tls_cert, settings.tls_key, settings.tls_ca, settings.dest_tls_ca) == (
+        certificates["server"], certificates["server.key"], certificates["ca"], certificates["ca"])
+    assert settings_from_args(parser.parse_args(["--instance-dir", str(tmp_path)])).keep_days == 7
+    # a bad entry, or a key without its certificate: one error line and exit status 2, no traceback
+    for argv in (["--allow", "CT1@"], ["--tls-key", str(certificates["server.key"])], ["--keep-days", "-1"]):
+        assert run_listen(parser.parse_args(["--instance-dir", str(tmp_path / "i"), "--port", "0", *argv])) == 2
+        assert "strokescan listen: error:" in capsys.readouterr().err

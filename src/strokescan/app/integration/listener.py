@@ -1130,8 +1130,14 @@ def run_listen(args: argparse.Namespace) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    listener = Listener(settings)
-    listener.start()
+    try:
+        listener = Listener(settings)
+        listener.start()
+    except (ValueError, OSError) as exc:  # a bad --allow entry or --keep-days, a TLS file that cannot be loaded
+        with contextlib.suppress(NameError):
+            listener.stop()
+        print(f"strokescan listen: error: {exc}", file=sys.stderr)
+        return 2
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {settings.host}, not only this machine", file=sys.stderr)
     print(f"strokescan listen: {listener.settings.ae_title} on {settings.host}:{listener.port}", flush=True)
