@@ -496,6 +496,14 @@ def test_tls_client_certificates_required_and_refusals_logged(peers, certificate
     assert len(listener.inbox.instances(listener.inbox.series()[0])) == 2
     # the listener still serves after the refusals
     assert send(listener.port, ge_datasets()[2:3], tls=_client_tls(certificates)) == [0]
+    if shutil.which("storescu") is not None:  # DCMTK as the scanner, with its certificate (BCP 195 profile)
+        slice_file = certificates["ca"].parent / "slice.dcm"
+        ge_datasets()[3].save_as(slice_file, enforce_file_format=True)
+        done = subprocess.run(["storescu", "+tls", str(certificates["client.key"]), str(certificates["client"]),
+                               "+cf", str(certificates["ca"]), "-aet", "SCANNER", "-aec", "STROKESCAN", "127.0.0.1",
+                               str(listener.port), str(slice_file)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(listener.inbox.instances(listener.inbox.series()[0])) == 4
 
 
 def test_tls_in_and_out(peers, certificates):
