@@ -1,7 +1,8 @@
 """The web app and ``strokescan worker`` on a real PostgreSQL server (Debian's postgresql, started by the test in a
 temporary folder on a Unix socket, stopped at the end): the schema's migrations and the audit trail's
 append-only trigger; two workers over one database analyse 20 queued studies exactly once each; a worker killed
-with SIGKILL mid-study loses nothing: the other takes the study over when the lease runs out and finishes it."""
+with SIGKILL mid-study loses nothing: the other takes the study over when the lease runs out and finishes it;
+the DICOM listener stores and analyses a series there."""
 
 from __future__ import annotations
 
@@ -145,3 +146,34 @@ def test_a_worker_killed_mid_study_loses_nothing(server, model_dir, tmp_path):
         engine.dispose()
     finally:
         bench.stop_workers(list(workers.values()))
+
+
+def test_the_listener_stores_and_analyses_a_series_on_postgresql(server, model_dir, tmp_path):
+    """``strokescan listen`` over PostgreSQL: 28 C-STOREs, one row per instance, the series analysed once; the
+    worklist of a web app on the same database lists it."""
+    from test_integration_dicom_results import ge_datasets
+    from test_integration_listener import send
+
+    from strokescan.app.integration.listener import Listener, ListenerSettings
+    from strokescan.app.web.db import ReceivedInstance
+
+    url = _db(server, "listener")
+    instance = tmp_path / "instance"
+    listener = Listener(ListenerSettings(instance_dir=instance, database_url=url, port=0, quiet_seconds=1.0,
+                                         predictor_factory=lambda: Predictor(model_dir, segment=True)))
+    listener.start()
+    try:
+        assert send(listener.port, ge_datasets()) == [0] * 28
+        result = _outcome_when(url, lambda r: r["status"]["done"] + r["status"]["failed"] >= 1, 180)
+        assert result["status"] == Counter({"done": 1}) and result["analysed"] == Counter({1: 1})
+        with listener.sessions() as session:
+            assert len(session.scalars(select(ReceivedInstance)).all()) == 28
+            assert session.scalar(select(Study)).n_slices == 28
+    finally:
+        listener.stop()
+    app = create_app(WebSettings(instance_dir=instance, database_url=url, start_worker=False))
+    with app.extensions["strokescan"]["sessions"].begin() as session:
+        token = issue_token(session, create_user(session, "reader", "reader-password-1"))
+    listed = app.test_client().get("/api/v1/studies", headers={"Authorization": f"Bearer {token}"}).json
+    assert [s["status"] for s in listed["studies"]] == ["done"]
+    app.extensions["strokescan"]["engine"].dispose()
