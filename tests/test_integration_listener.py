@@ -425,9 +425,15 @@ def test_keep_days_0_deletes_a_delivered_series_copies_and_keeps_an_undelivered_
     delivered = new_series(ge_datasets(), 6)
     assert send(listener.port, delivered) == [0] * 6
     (folder,) = listener.inbox.series()
-    wait_for(lambda: (folder / "purged.json").exists(), 150, "the delivered series to be purged")
+    wait_for(lambda: (folder / "purged.json").exists() and not (folder / "instances").exists(), 150,
+             "the delivered series to be purged")
     assert (folder / "sent.json").exists() and len(collector.received) == 3
     assert not (folder / "instances").exists() and not list(folder.glob("results*/*.dcm"))
+    # the PACS sends the series again after the purge: analysed again, delivered as version 2, purged again
+    assert send(listener.port, delivered) == [0] * 6
+    wait_for(lambda: (folder / "results-v1" / "sent.json").exists() and (folder / "sent.json").exists()
+             and not (folder / "instances").exists(), 150, "version 2 delivered and purged")
+    assert len(collector.received) == 6 and len({ds.SOPInstanceUID for ds in collector.received}) == 6
     # the destination goes away: the next series is not delivered (given up after one attempt) and stays
     collector.stop()
     undelivered = new_series(ge_datasets(), 6)
@@ -438,7 +444,7 @@ def test_keep_days_0_deletes_a_delivered_series_copies_and_keeps_an_undelivered_
     assert len(listener.inbox.instances(other)) == 6 and not (other / "purged.json").exists()
     assert [r.getMessage() for r in caplog.records if "retention" in r.getMessage()] == [
         f"series {folder.name[:8]}: retention: 6 received instance(s) and 3 result object(s) deleted, 0.0 day(s) "
-        "after delivery (--keep-days 0)"]
+        "after delivery (--keep-days 0)"] * 2
     for ds in (*delivered, *undelivered):
         for value in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(ds.PatientID)):
             assert value not in caplog.text

@@ -368,6 +368,7 @@ class Listener:
         self._lock_file = None
         self._sweep_predictor: Predictor | None = None
         self._purge_at: dict[Path, tuple[float, float]] = {}  # series folder -> (sent.json's mtime, purge time)
+        self._dest_tls_context: ssl.SSLContext | None = None
         self._started = time.time()
 
     # ---- life cycle -------------------------------------------------------------------------------------------
@@ -382,6 +383,9 @@ class Listener:
         except OSError:
             raise RuntimeError("another listener is using this inbox") from None
         requeue_interrupted(self.sessions)
+        for leftover in self.inbox.root.glob("*/.purging-*"):  # a purge a crash interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
+        self._dest_tls_context = self._dest_tls()  # a TLS file that cannot be loaded stops the start, not a delivery
         self.record_inbox()
         self._started = time.time()
         if self.settings.run_worker:
@@ -763,18 +767,17 @@ class Listener:
         ``purged.json``; the small records (series.json, sent.json, notes.json, delivery state) stay."""
         instances = folder / "instances"
         n_instances = len(list(instances.glob("*.dcm")))
-        doomed = folder / f".purging-{time.monotonic_ns()}"
+        results = [p for d in [folder / "results", *folder.glob("results-v*")] for p in d.glob("*.dcm")]
+        # first the record (a crash part-way leaves instances/ listed: the next sweep purges it again)
+        write_durably(folder / "purged.json", json.dumps(
+            {"at": _now(), "instances": n_instances, "result_objects": len(results)}).encode())
+        for path in results:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(folder / "incoming", ignore_errors=True)
+        doomed = folder / f".purging-{time.monotonic_ns()}"  # a crash in rmtree: removed at the next start
         os.replace(instances, doomed)  # at once out of the inbox's series (a store now makes a new folder)
         shutil.rmtree(doomed)
-        shutil.rmtree(folder / "incoming", ignore_errors=True)
-        n_results = 0
-        for results in [folder / "results", *folder.glob("results-v*")]:
-            for path in results.glob("*.dcm"):
-                path.unlink()
-                n_results += 1
-        write_durably(folder / "purged.json", json.dumps(
-            {"at": _now(), "instances": n_instances, "result_objects": n_results}).encode())
-        return n_instances, n_results
+        return n_instances, len(results)
 
     # ---- failures: recorded once, retried with a backoff, then given up --------------------------------------------
     def _delivery_state(self, folder: Path) -> dict:
@@ -949,7 +952,9 @@ class Listener:
                 {"study_id": study_id, "destination": None, "at": _now(), "files": [p.name for p in paths]}).encode())
             return
         datasets = [pydicom.dcmread(p) for p in paths]
-        statuses = send_datasets(datasets, destination, self.settings.ae_title, tls=self._dest_tls())
+        if self._dest_tls_context is None and self.settings.dest_tls_ca is not None:
+            self._dest_tls_context = self._dest_tls()
+        statuses = send_datasets(datasets, destination, self.settings.ae_title, tls=self._dest_tls_context)
         if all(s in STORED for s in statuses):
             write_durably(folder / "sent.json", json.dumps(
                 {"study_id": study_id, "destination": f"{destination.ae_title}@{destination.host}:{destination.port}",
