@@ -469,3 +469,28 @@ def test_destination_down_backs_off_and_gives_up_after_the_limit(orthanc, listen
     assert text.count("sent again (already received") == 1 and "Traceback" not in text
     state = json.loads(next(inbox.glob("*/delivery.json")).read_text())
     assert state["attempts"] == 3 and "no association" in state["reason"]
+
+
+def test_keep_days_0_purges_after_delivery_and_a_host_allow_list(orthanc, listeners, ge_folder: Path,
+                                                                  tmp_path: Path):
+    """`--keep-days 0` with the process as run from the command line: SEG/SR/key image in Orthanc, then the
+    received copies gone, one retention line; `--allow AET@HOST`: storescu from 127.0.0.1 accepted for CT1, refused
+    for CT2 (allowed only from another host), one line."""
+    proc = listeners(orthanc, extra=("--keep-days", "0", "--allow", "CT1@127.0.0.1", "--allow", "CT2@192.0.2.1"))
+    files = series_copies(sorted(ge_folder.glob("*.dcm"))[8:14], tmp_path / "copies")
+    refused = storescu(files[:1], calling="CT2")
+    assert refused.returncode != 0 and acknowledged(refused.stdout + refused.stderr) == 0
+    run = storescu(files, calling="CT1")
+    assert run.returncode == 0 and acknowledged(run.stdout + run.stderr) == 6, run.stdout + run.stderr
+    wait_for(lambda: len(orthanc.instances()) >= 3, 120, "SEG, SR and key image in Orthanc")
+    wait_for(lambda: "retention:" in proc.path.read_text(), 20, "the retention line")
+    (folder,) = [p for p in (tmp_path / "instance" / "dicom-inbox").iterdir() if p.is_dir()]
+    assert not inbox_files(tmp_path) and (folder / "sent.json").exists() and (folder / "purged.json").exists()
+    assert not list(folder.glob("results*/*.dcm"))
+    text = proc.path.read_text()
+    assert "'CT2' at 127.0.0.1 refused: host not allowed for this calling AE title by --allow" in text
+    assert text.count("refused") == 1 and text.count("retention:") == 1 and "Traceback" not in text
+    assert "6 received instance(s) and 3 result object(s) deleted" in text
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    for value in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(ds.get("PatientID", ""))):
+        assert not value or value not in text
