@@ -239,12 +239,14 @@ class _ServerTLSContext(ssl.SSLContext):
                                       session=session)
         try:
             wrapped.do_handshake()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - logged, then an OSError: the server's loop drops the connection
             why = getattr(exc, "reason", None) or type(exc).__name__
             log.warning("TLS connection from %s refused: %s", peer, why)
             with contextlib.suppress(OSError):
                 wrapped.close()
-            raise
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(f"TLS handshake failed ({type(exc).__name__})") from exc
         wrapped.settimeout(None)
         return wrapped
 
