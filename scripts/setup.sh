@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repo root and install strokescan with pinned versions (idempotent, offline-safe for torch);
 # with --system (CI, the test command) also the Debian packages the tests drive: Chromium (browser tests), Orthanc
-# and DCMTK (the PACS and the scanner in the DICOM integration tests).
+# and DCMTK (the PACS and the scanner in the DICOM integration tests), PostgreSQL (the multi-machine database tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
@@ -18,6 +18,7 @@ if [ "${1:-}" = "--system" ]; then
     command -v chromium >/dev/null || need+=(chromium)
     command -v Orthanc >/dev/null || need+=(orthanc)
     command -v storescu >/dev/null || need+=(dcmtk)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
     if [ ${#need[@]} -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then
             echo "setup: the browser tests need Debian packages: sudo apt-get install ${need[*]}" >&2
