@@ -37,7 +37,7 @@ def test_an_explained_flagged_slice_carries_its_map_in_schema_1_2(predictor: Pre
     scan = load_scan(BLEED)
     result = predictor.analyse(scan, explain=True)
     doc = json.loads(json.dumps(result.to_dict()))
-    assert SCHEMA_VERSION == doc["schema_version"] == "1.3"
+    assert SCHEMA_VERSION == doc["schema_version"] == "1.4"
     (s,) = doc["slices"]
     assert s["positive"]
     e = s["explanation"]
@@ -74,7 +74,7 @@ def test_predict_heatmaps_dir_writes_one_png_per_explained_slice(tmp_path: Path,
     out = tmp_path / "heat"
     assert main(["predict", str(BLEED), "--json", "--heatmaps-dir", str(out)]) == 0
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert line["schema_version"] == "1.3" and line["explanation"]["layer"] == "block13"
+    assert line["schema_version"] == "1.4" and line["explanation"]["layer"] == "block13"
     (png,) = out.iterdir()
     assert png.name == "phe-sich_0004_18.png"
     image = np.asarray(Image.open(png))

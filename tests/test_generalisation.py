@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from strokescan.config import SAMPLES_DIR
 from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT
@@ -80,3 +81,20 @@ def test_subtypes_under_the_bar_are_experimental() -> None:
     below = [n for n in plan.outputs[1:] if stated[n]["roc_auc"]["value"] < MIN_VALIDATED_SUBTYPE_AUC]
     assert experimental_subtypes(plan) == below and below  # today IPH 0.52, IVH 0.42 among them
     assert "intraparenchymal" in below and "intraventricular" in below
+
+
+def test_the_upright_cq500_hematoma_is_read_upright_and_flagged() -> None:
+    """The real case of issue 29: an upright DICOM slice the rotation network read as turned by 286.7 degrees
+    (probability 0.36 then). By its header it is not turned, and the large hematoma is flagged."""
+    from strokescan.config import data_root
+    from strokescan.inference import Predictor
+
+    path = data_root() / "head-ct-dicom" / "cq500-ct-1_single-slice"
+    if not path.exists():
+        pytest.skip("head-ct-dicom is not here")
+    result = Predictor().analyse_path(path)
+    assert result.slices[0].rotation_deg == 0.0
+    assert result.positive and result.probability > 0.6
+    assert result.decided_by == "slice" and result.to_dict()["scan"]["decided_by"] == "slice"
+    off = Predictor(correct_rotation=False).analyse_path(path)
+    assert off.probability == pytest.approx(result.probability, abs=1e-6)  # the header's angle is 0: nothing turned

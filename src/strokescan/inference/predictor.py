@@ -194,8 +194,8 @@ class Predictor:
         subtypes = {name: float(probs[shows_brain, j].max()) if shows_brain.any() else 0.0
                     for j, name in enumerate(self.plan.outputs) if j > 0}
         masks = quantification = None
-        scan_positive = (bool(score >= scan_threshold) if shows_brain.sum() >= MIN_SLICES_FOR_SCAN_THRESHOLD
-                         else any(s.positive for s in slices))
+        decided_by = "scan" if shows_brain.sum() >= MIN_SLICES_FOR_SCAN_THRESHOLD else "slice"
+        scan_positive = bool(score >= scan_threshold) if decided_by == "scan" else any(s.positive for s in slices)
         if scan.is_volume and not scan_positive:  # one finding: no flagged slice in a scan that is not flagged
             for s in slices:
                 s.positive = False
@@ -228,6 +228,7 @@ class Predictor:
             heatmaps=heatmaps,
             out_of_scope=problem,
             experimental_subtypes=self.experimental_subtypes,
+            decided_by=decided_by,
         )
 
     @property

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 #: bump the minor number for added fields, the major one for renamed or removed fields
 #: 1.1: subtypes, operating point, flags only on slices showing brain; 1.2: slices[].explanation (when asked for);
-#: 1.3: model.segmenter_clot_decision; 1.4: scan.experimental_subtypes (subtypes not validated, CV ROC-AUC < 0.80)
+#: 1.3: model.segmenter_clot_decision; 1.4: scan.experimental_subtypes (subtypes not validated, CV ROC-AUC < 0.80),
+#: scan.decided_by (which threshold made the flag)
 SCHEMA_VERSION = "1.4"
 
 
@@ -74,6 +75,7 @@ class ScanResult:
     heatmaps: list[HeatMap] | None = None  # the explained slices' maps in the input's grid, when explain ran
     out_of_scope: str | None = None  # why the input is outside what the models were made for (forced runs only)
     experimental_subtypes: list[str] = field(default_factory=list)  # subtype outputs not validated: show as such
+    decided_by: str = "scan"  # "scan": score vs the scan threshold; "slice": too few slices with brain, any slice flag
 
     @property
     def is_volume(self) -> bool:
@@ -93,6 +95,7 @@ class ScanResult:
             "most_suspicious_slice": self.most_suspicious_slice,
             "positive_slices": [s.slice_index for s in self.slices if s.positive],
             "experimental_subtypes": list(self.experimental_subtypes),
+            "decided_by": self.decided_by,
         }
 
     def to_dict(self) -> dict[str, Any]:
