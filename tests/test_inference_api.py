@@ -41,12 +41,12 @@ def test_the_public_steps_compose_to_analyse(predictor: Predictor, series) -> No
     assert len(set(prepared.rotation_deg)) == 1  # one angle for the whole volume
     probabilities = predictor.classify(prepared)
     masks = predictor.segment(prepared)
-    volumes = predictor.quantify(series, masks)
     result = predictor.analyse(series)
     assert [s.probability for s in result.slices] == pytest.approx(probabilities[:, 0].tolist(), abs=1e-6)
     assert [s.subtypes["intraventricular"] for s in result.slices] == pytest.approx(probabilities[:, 3].tolist(), abs=1e-6)
     coherent = one_finding([m.copy() for m in masks], [s.positive for s in result.slices], predictor.experimental_infarct)
     assert all(np.array_equal(a, b) for a, b in zip(coherent, result.masks, strict=True))
+    volumes = predictor.quantify(series, coherent)
     assert result.quantification.classes["hemorrhage"].total == pytest.approx(volumes.classes["hemorrhage"].total)
     any_calibrator = predictor.calibrators[0]
     assert np.allclose(any_calibrator(predictor.logits(prepared)[:, 0]), probabilities[:, 0])

@@ -193,8 +193,11 @@ def test_the_limits_are_configurable(tmp_path, model_dir, monkeypatch):
                                            token_days=7, max_failures=3, lockout=timedelta(minutes=15))
 
 
-def test_login_is_locked_after_five_wrong_passwords_and_the_lockout_is_logged(app, caplog):
+def test_login_is_locked_after_five_wrong_passwords_and_the_lockout_is_logged(app, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
+    # a library's logging.config call earlier in the session can disable existing loggers; the lockout must log
+    for name in ("strokescan.app.web.views", "strokescan.app.web.accounts"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     codes = [_login(app, "reader", "wrong-password!")[1].status_code for _ in range(6)]
     assert codes == [401, 401, 401, 401, 429, 429]
     client, r = _login(app, "reader", READER_PASSWORD)  # even the right password, during the lockout

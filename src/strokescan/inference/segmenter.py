@@ -87,9 +87,7 @@ def to_input_mask(probs: np.ndarray, box: tuple[int, int, int, int], rotation_de
         return ids
     masks = head_masks(pixels, is_hu)
     ids[~masks.head] = 0
-    if plan.clot_within_brain_px >= 0:
-        ids[(ids == HEMORRHAGE) & ~_grown(masks.brain, plan.clot_within_brain_px)] = 0
-    ids[~_grown(masks.brain, max(plan.clot_within_brain_px, 0))] = 0  # every lesion class is inside the skull
+    ids[~_grown(masks.brain, max(plan.clot_within_brain_px, 0))] = 0  # every lesion class inside the skull
     ids = remove_small(ids, plan.min_lesion_px)
     return grow_clot(ids, pixels, is_hu, masks.brain, plan.clot_growth_k, plan.clot_growth_px)
 

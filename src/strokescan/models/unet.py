@@ -192,7 +192,7 @@ class SegmenterPlan:
     min_hemorrhage_confidence: float = 0.0  # clot components whose peak clot probability is lower are dropped
     clot_growth_k: float = 0.0  # > 0: the clot grows into hyperdense pixels (this factor) around it (input grid)
     clot_growth_px: int = 0  # ... at most this many pixels from the network's clot
-    clot_within_brain_px: int = -1  # >= 0: clot only inside the intracranial cavity grown by this (< 0: off)
+    clot_within_brain_px: int = -1  # lesions only inside the intracranial cavity grown by this many px (< 0: by 0)
     min_slice_probability: float = 0.0  # clot only on slices the detector gives at least this (0: off)
     gate_detector_sha256: str = ""  # ... the detector that threshold was set for (it applies with that one only)
     training: dict = field(default_factory=dict)
