@@ -136,24 +136,24 @@ def real_rows(model: Path, segmenter: bool = True) -> list[str]:
 
 
 def sensitivity_figure(runs: dict[str, dict], out: Path) -> None:
-    """Slice sensitivity per source at both operating points, per protocol, with 95 % CIs."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    """Slice sensitivity per source at both operating points, per detector and protocol, with 95 % CIs; red: a source
+    the detector never saw (leave-one-source-out)."""
+    bars = [(f"{name} | {source}", d) for name, m in runs.items() for source, d in m["datasets"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.38 * len(bars) + 1.2), sharey=True)
     for ax, point in zip(axes, ("balanced", "sensitive")):
-        labels, x = [], 0
-        for name, m in runs.items():
-            for source, d in m["datasets"].items():
-                v = d["slice"][f"{point}_sensitivity"]
-                lo, hi = v["ci95"]
-                ax.bar(x, v["value"], color="tab:red" if d["external"] else "tab:blue")
-                ax.errorbar(x, v["value"], yerr=[[v["value"] - lo], [hi - v["value"]]], color="k", capsize=3)
-                labels.append(f"{source}\n{name}{' (unseen)' if d['external'] else ''}")
-                x += 1
-        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
+        for y, (_, d) in enumerate(bars):
+            v = d["slice"][f"{point}_sensitivity"]
+            lo, hi = v["ci95"]
+            ax.barh(y, v["value"], color="tab:red" if d["external"] else "tab:blue")
+            ax.errorbar(v["value"], y, xerr=[[v["value"] - lo], [hi - v["value"]]], color="k", capsize=3)
         ax.set_title(f"slice sensitivity, {point} point")
-        ax.set_ylim(0, 1.05)
-    axes[0].set_ylabel("sensitivity (95 % CI)")
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("sensitivity (95 % CI)")
+    axes[0].set_yticks(range(len(bars)), [label + (" (unseen)" if d["external"] else "") for label, d in bars],
+                       fontsize=8)
+    axes[0].invert_yaxis()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
