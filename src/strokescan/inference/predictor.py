@@ -95,6 +95,8 @@ class Predictor:
                                  if correct_rotation is None else correct_rotation)
         # infarct masks are not validated (docs/segmentation.md): off unless asked for (STROKESCAN_EXPERIMENTAL_INFARCT=1)
         self.experimental_infarct = infarct_enabled() if experimental_infarct is None else experimental_infarct
+        # subtype outputs under MIN_VALIDATED_SUBTYPE_AUC (or unstated) in the plan: every interface marks them
+        self.experimental_subtypes = experimental_subtypes(self.plan)
         self.segmenter = Segmenter(segmenter_dir) if segment or segmenter_dir is not None else None
         self._gated = self.segmenter is not None and self.segmenter.gates_with(self.plan.weights_sha256)
         if self.segmenter is not None and self.segmenter.plan.min_slice_probability > 0 and not self._gated:
@@ -227,15 +229,9 @@ class Predictor:
             quantification=quantification,
             heatmaps=heatmaps,
             out_of_scope=problem,
-            experimental_subtypes=self.experimental_subtypes,
+            experimental_subtypes=list(self.experimental_subtypes),
             decided_by=decided_by,
         )
-
-    @property
-    def experimental_subtypes(self) -> list[str]:
-        """Subtype outputs whose cross-validated slice ROC-AUC (model plan) is under
-        :data:`MIN_VALIDATED_SUBTYPE_AUC`, or unknown: shown as experimental by every interface."""
-        return experimental_subtypes(self.plan)
 
     def analyse_path(self, path: str | Path, series: str | None = None, force: bool = False,
                      explain: bool = False) -> ScanResult:

@@ -179,6 +179,12 @@ class RotationEstimator:
         """Degrees in [0, 360) by which the 2-D head slice is turned counter-clockwise from upright."""
         return self.estimate_with_head(image, is_hu)[0]
 
+    def _scan_readings(self, scan: Scan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(slice indices, angles, confidences, head fractions) of the network on up to 12 evenly spaced slices."""
+        n = scan.pixels.shape[0]
+        picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
+        return (picks, *_net_estimates(self.model, [scan.pixels[i] for i in picks], scan.is_hu))
+
     def estimate_scan(self, scan: Scan) -> float | None:
         """Angle in degrees (counter-clockwise) by which the scan's slices are rotated from upright.
 
@@ -186,9 +192,7 @@ class RotationEstimator:
         at least 5% of the image, leaving out the quarter with the smallest head (skull base, vertex) when 8 or
         more qualify; combined by a circular median. None when no slice shows a head.
         """
-        n = scan.pixels.shape[0]
-        picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
-        angles, _, frac = _net_estimates(self.model, [scan.pixels[i] for i in picks], scan.is_hu)
+        picks, angles, _, frac = self._scan_readings(scan)
         ok = frac >= MIN_HEAD_FRACTION
         if not ok.any():
             return None
@@ -221,9 +225,7 @@ class RotationEstimator:
 
     def confident_turn_scan(self, scan: Scan) -> float:
         """:func:`turn_rule` of the circular median of the network's readings of up to 12 slices showing a head."""
-        n = scan.pixels.shape[0]
-        picks = np.unique(np.linspace(0, n - 1, min(n, _MAX_SCAN_SLICES)).round().astype(int))
-        angles, confidence, frac = _net_estimates(self.model, [scan.pixels[i] for i in picks], scan.is_hu)
+        _, angles, confidence, frac = self._scan_readings(scan)
         ok = frac >= MIN_HEAD_FRACTION
         if not ok.any():
             return 0.0
