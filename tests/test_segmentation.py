@@ -697,8 +697,8 @@ def test_clot_calibration_on_a_cv_takes_one_finished_model_per_fold_of_the_split
     assert "not trained on the split" in capsys.readouterr().err
 
 
-def test_clinical_figures_pool_the_folds_of_several_runs_and_refuse_a_slice_held_out_twice(tmp_path, capsys):
-    script = _script("segmentation_clinical_figures")
+def test_clinical_figures_pool_the_folds_of_several_runs_and_refuse_a_slice_held_out_twice(tmp_path, capsys, data_root):
+    script = _script("segmentation_clinical_figures")  # it reads the ctich-masks subtypes: skipped without data
 
     def fold_table(run: str, k: int, dice: float) -> None:
         rows = []
