@@ -32,14 +32,15 @@ import torch
 from strokescan import __version__
 from strokescan.config import BUNDLED_MODELS_DIR, infarct_enabled, rotation_enabled, torch_threads
 from strokescan.core.calibration import PlattCalibrator
+from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT
 from strokescan.errors import ModelError, OutOfScopeError
 from strokescan.inference.explanations import CHOSEN_LAYER, HeatMap, explain_slices
-from strokescan.inference.quantification import SeriesQuantification, quantify_series, slice_areas
+from strokescan.inference.quantification import (SeriesQuantification, quantify_series, slice_areas,
+                                                  slice_depths_mm)
 from strokescan.inference.results import ScanResult, SliceResult
 from strokescan.inference.segmenter import Segmenter
 from strokescan.io import Scan, load_scan
 from strokescan.io.scope import scope_problem
-from strokescan.core.labels import EDEMA, HEMORRHAGE, INFARCT
 from strokescan.models.classifier import OPERATING_POINTS, ClassifierPlan, load_classifier, scan_score
 from strokescan.models.rotation import RotationEstimator
 from strokescan.preprocessing.pipeline import PreparedSlice, prepare_slices
@@ -158,8 +159,6 @@ class Predictor:
         """Sizes for ``masks`` with the scan's spacing (pixels/voxels, labelled, when spacing is unknown): each
         slice counts for its own depth (:func:`~strokescan.inference.quantification.slice_depths_mm`); a single
         2-D slice gives areas, never a volume."""
-        from strokescan.inference.quantification import slice_depths_mm
-
         uniform = scan.slice_spacing_mm or scan.slice_thickness_mm
         thicknesses = scan.slice_thicknesses_mm or ([scan.slice_thickness_mm] * scan.n_slices
                                                    if scan.slice_thickness_mm and not scan.slice_spacing_mm else None)
